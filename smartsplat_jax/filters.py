@@ -1,0 +1,55 @@
+"""SSIM building blocks shared by the training loss and the metrics (SPEC §5, §7).
+
+One definition of the window and of the SSIM / contrast-structure maps, used twice:
+`losses.ssim` pads with zeros ('same' output, as fused-ssim) and evaluates the whole image;
+`metrics` feeds the same functions image bands (pre-padded for 'same', unpadded for the
+'valid' maps of MS-SSIM) so that 16K images run in bounded memory.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["WINDOW_SIZE", "WINDOW_SIGMA", "C1", "C2", "gaussian_window", "ssim_maps_valid"]
+
+WINDOW_SIZE = 11
+WINDOW_SIGMA = 1.5
+C1 = 0.01**2  # (K1 * data_range)^2 with data range 1
+C2 = 0.03**2
+HALF = WINDOW_SIZE // 2
+
+
+def gaussian_window(size: int = WINDOW_SIZE, sigma: float = WINDOW_SIGMA) -> np.ndarray:
+    """[size] float64 1D Gaussian taps exp(-k^2 / (2 sigma^2)), k = -size//2 .. size//2, sum 1."""
+    k = np.arange(size, dtype=np.float64) - size // 2
+    g = np.exp(-(k**2) / (2.0 * sigma**2))
+    return g / g.sum()
+
+
+def _blur_valid(x: jnp.ndarray, taps: np.ndarray) -> jnp.ndarray:
+    """Separable 'valid' correlation of [H, W, C] with taps along H then W -> [H-k+1, W-k+1, C]."""
+    k = len(taps)
+    h, w = x.shape[0] - k + 1, x.shape[1] - k + 1
+    acc = sum(float(taps[i]) * x[i : i + h] for i in range(k))
+    return sum(float(taps[i]) * acc[:, i : i + w] for i in range(k))
+
+
+def ssim_maps_valid(x: jnp.ndarray, y: jnp.ndarray):
+    """SSIM and contrast-structure maps with the 11x11, sigma 1.5 window, 'valid' extent.
+
+    Args:
+      x, y: [H, W, C] float arrays, data range 1, H, W >= 11.
+
+    Returns:
+      (ssim_map, cs_map): each [H - 10, W - 10, C].
+    """
+    taps = gaussian_window()
+    mu_x = _blur_valid(x, taps)
+    mu_y = _blur_valid(y, taps)
+    sxx = _blur_valid(x * x, taps) - mu_x * mu_x
+    syy = _blur_valid(y * y, taps) - mu_y * mu_y
+    sxy = _blur_valid(x * y, taps) - mu_x * mu_y
+    cs_map = (2.0 * sxy + C2) / (sxx + syy + C2)
+    ssim_map = (2.0 * mu_x * mu_y + C1) / (mu_x * mu_x + mu_y * mu_y + C1) * cs_map
+    return ssim_map, cs_map

@@ -1,0 +1,345 @@
+"""Image files in and out: validation, colour-mode and bit-depth conversion.
+
+Every image inside smartsplat_jax is a float32 array of shape (H, W, 3) with values in
+[0, 1]. `load_image` turns a file into that; `save_image` writes one back as PNG.
+
+Reading rules:
+  * Formats: anything Pillow reads (PNG, JPEG, WebP, TIFF, BMP, GIF, ...).
+  * Modes: grey (L, I;16, I, F) is replicated to three channels; palette images are
+    expanded; CMYK/YCbCr/LAB/HSV are converted to RGB.
+  * Alpha is dropped (LA, RGBA, PA, transparent palettes): the colour channels are kept as
+    stored, *not* composited over a background. Gaussians model colour only.
+  * Bit depth: 8-bit data is divided by 255, 16-bit data by 65535. Pillow truncates 16-bit
+    colour PNG and TIFF files to 8 bits, so those two are decoded with `imagecodecs`
+    (libpng / libtiff) at full depth. 32-bit float TIFFs are taken as [0, 1] and clipped.
+  * The EXIF orientation tag is applied, so the array is upright as a viewer shows it.
+  * Size: Pillow's decompression-bomb refusal (about 179 M pixels) is lifted so that
+    16K x 16K (268 M pixels) files load; instead images over `max_pixels` (default
+    `DEFAULT_MAX_PIXELS` = 400 M pixels, i.e. 20000 x 20000, overridable per call or with
+    the environment variable SMARTSPLAT_MAX_PIXELS) are refused before decoding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import tempfile
+import threading
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageError",
+    "load_image",
+    "save_image",
+    "atomic_write_bytes",
+]
+
+DEFAULT_MAX_PIXELS = 400_000_000
+_MAX_PIXELS_ENV = "SMARTSPLAT_MAX_PIXELS"
+
+# Pillow's bomb check reads a module global; we lift it only while one of our own opens runs.
+_PIL_LOCK = threading.Lock()
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used: missing, unreadable, empty, truncated, too large."""
+
+
+def _max_pixels(max_pixels: int | None) -> int:
+    if max_pixels is not None:
+        value = max_pixels
+        origin = "max_pixels"
+    elif os.environ.get(_MAX_PIXELS_ENV):
+        origin = _MAX_PIXELS_ENV
+        try:
+            value = int(os.environ[_MAX_PIXELS_ENV])
+        except ValueError:
+            raise ValueError(
+                f"{_MAX_PIXELS_ENV}={os.environ[_MAX_PIXELS_ENV]!r} is not an integer; "
+                "expected a positive pixel count such as 400000000"
+            ) from None
+    else:
+        return DEFAULT_MAX_PIXELS
+    if value < 1:
+        raise ValueError(f"{origin}={value} must be a positive pixel count (>= 1)")
+    return value
+
+
+@contextlib.contextmanager
+def _open_unbounded(path: Path) -> Iterator[Image.Image]:
+    """Image.open without Pillow's decompression-bomb limit (we apply our own)."""
+    with _PIL_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            im = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    try:
+        yield im
+    finally:
+        im.close()
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a directory, expected an image file")
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ImageError(f"{path}: cannot be read ({e.strerror})") from None
+    if size == 0:
+        raise ImageError(f"{path}: file is empty (0 bytes)")
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    """The bit depth field of a PNG's IHDR chunk, or None if unreadable."""
+    with open(path, "rb") as f:
+        head = f.read(33)
+    if len(head) < 25 or head[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    return head[24]
+
+
+def _needs_imagecodecs(im: Image.Image, path: Path) -> bool:
+    """True for 16-bit colour PNG/TIFF files, which Pillow reads at 8 bits only."""
+    if im.mode not in ("RGB", "RGBA", "LA"):
+        return False
+    if im.format == "PNG":
+        return _png_bit_depth(path) == 16
+    if im.format == "TIFF":
+        bits = im.tag_v2.get(258)  # BitsPerSample
+        if isinstance(bits, tuple):
+            return any(b == 16 for b in bits)
+        return bits == 16
+    return False
+
+
+def _decode_16bit_colour(path: Path, fmt: str) -> np.ndarray:
+    import imagecodecs
+
+    data = path.read_bytes()
+    try:
+        if fmt == "PNG":
+            arr = imagecodecs.png_decode(data)
+        else:
+            arr = imagecodecs.tiff_decode(data)
+    except Exception as e:  # imagecodecs raises its own error types per codec
+        raise ImageError(f"{path}: cannot decode 16-bit {fmt} data ({e})") from None
+    return np.asarray(arr)
+
+
+def _pillow_pixels(im: Image.Image) -> np.ndarray:
+    """Pixel data of an opened image as uint8, uint16 or float32, (H, W) or (H, W, C)."""
+    mode = im.mode
+    if mode == "1":
+        im = im.convert("L")
+    elif mode == "P" or mode == "PA":
+        im = im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        im = im.convert("RGB")
+    elif mode.startswith("I;16"):
+        return np.asarray(im).astype(np.uint16, copy=False)
+    elif mode == "I":
+        arr = np.asarray(im)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ImageError(
+                f"32-bit integer image with values in [{arr.min()}, {arr.max()}]; "
+                "only 8- and 16-bit data (0..65535) is supported"
+            )
+        return arr.astype(np.uint16)
+    elif mode == "F":
+        return np.asarray(im, dtype=np.float32)
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        im = im.convert("RGB")
+    return np.asarray(im)
+
+
+def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1..8) to an (H, W, ...) array, as a viewer would."""
+    if orientation == 2:
+        return arr[:, ::-1]
+    if orientation == 3:
+        return arr[::-1, ::-1]
+    if orientation == 4:
+        return arr[::-1, :]
+    if orientation == 5:  # transpose
+        return np.swapaxes(arr, 0, 1)
+    if orientation == 6:  # rotate 90 degrees clockwise
+        return np.swapaxes(arr, 0, 1)[:, ::-1]
+    if orientation == 7:  # transverse
+        return np.swapaxes(arr, 0, 1)[::-1, ::-1]
+    if orientation == 8:  # rotate 90 degrees counter-clockwise
+        return np.swapaxes(arr, 0, 1)[::-1, :]
+    return arr
+
+
+def _to_float_rgb(arr: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, C) integer/float pixels -> float32 (H, W, 3) in [0, 1]."""
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    channels = arr.shape[2]
+    if channels in (1, 2):  # grey, grey + alpha
+        arr = arr[:, :, :1]
+    elif channels >= 3:  # RGB, RGBA (alpha dropped)
+        arr = arr[:, :, :3]
+    if arr.dtype == np.uint8:
+        scale = np.float32(1.0 / 255.0)
+    elif arr.dtype == np.uint16:
+        scale = np.float32(1.0 / 65535.0)
+    else:
+        scale = None
+    out = np.empty(arr.shape[:2] + (3,), dtype=np.float32)
+    if scale is None:
+        np.clip(arr, 0.0, 1.0, out=out[:, :, : arr.shape[2]], casting="unsafe")
+    else:
+        # Divide rather than multiply by 1/255 so that k/255 is exactly the float32 nearest.
+        np.divide(arr, 255.0 if arr.dtype == np.uint8 else 65535.0, out=out[:, :, : arr.shape[2]],
+                  casting="unsafe")
+    if arr.shape[2] == 1:
+        out[:, :, 1] = out[:, :, 0]
+        out[:, :, 2] = out[:, :, 0]
+    return out
+
+
+def load_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.ndarray:
+    """Reads an image file as an upright float32 RGB array.
+
+    Args:
+      path: the image file (PNG, JPEG, WebP, TIFF, BMP, ... anything Pillow opens).
+      max_pixels: refuse images with more than this many pixels (H*W). Default: the
+        environment variable SMARTSPLAT_MAX_PIXELS if set, else DEFAULT_MAX_PIXELS (400 M).
+
+    Returns:
+      image: [H, W, 3] float32 in [0, 1]; grey replicated to 3 channels, alpha dropped,
+        EXIF orientation applied.
+
+    Raises:
+      ImageError: missing file, directory, empty file, not an image, truncated or corrupt
+        data, zero-sized image, or more than `max_pixels` pixels. The message names the path.
+    """
+    path = Path(path)
+    limit = _max_pixels(max_pixels)
+    _check_file(path)
+    try:
+        with _open_unbounded(path) as im:
+            width, height = im.size
+            if width <= 0 or height <= 0:
+                raise ImageError(f"{path}: image has zero size ({width}x{height})")
+            if width * height > limit:
+                raise ImageError(
+                    f"{path}: {width}x{height} = {width * height} pixels is over the limit of "
+                    f"{limit} pixels (raise it with max_pixels= or {_MAX_PIXELS_ENV})"
+                )
+            orientation = 1
+            try:
+                orientation = int(im.getexif().get(0x0112, 1))
+            except Exception:  # malformed EXIF: read the pixels as stored
+                orientation = 1
+            if _needs_imagecodecs(im, path):
+                arr = _decode_16bit_colour(path, im.format)
+            else:
+                im.load()
+                arr = _pillow_pixels(im)
+    except ImageError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise ImageError(f"{path}: {e}") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file (no known image format)") from None
+    except (OSError, SyntaxError, ValueError, struct.error, zlib.error, EOFError) as e:
+        raise ImageError(f"{path}: truncated or corrupt image data ({e})") from None
+    if arr.size == 0:
+        raise ImageError(f"{path}: image has zero size ({arr.shape})")
+    return _to_float_rgb(_apply_orientation(arr, orientation))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = True) -> None:
+    """Writes `data` to `path` through a temporary file in the same folder and a rename.
+
+    A reader never sees a partial file, and a failure leaves no partial file behind.
+
+    Raises:
+      FileExistsError: `path` exists and `overwrite` is False.
+      FileNotFoundError: the folder of `path` does not exist.
+    """
+    path = Path(path)
+    _check_target(path, overwrite)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, expected a file path to write")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path}: folder {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: file exists; pass overwrite=True to replace it")
+
+
+def save_image(path: str | os.PathLike, image, *, bit_depth: int = 8,
+               overwrite: bool = False) -> Path:
+    """Writes an image as PNG, atomically (temporary file + rename).
+
+    Args:
+      path: the output file; its folder must exist.
+      image: [H, W, 3] (or [H, W] grey) array, float in [0, 1] (values outside are clipped;
+        rounded to the nearest 8- or 16-bit level). Accepts numpy or jax arrays.
+      bit_depth: 8 or 16.
+      overwrite: replace an existing file. False by default, so that no input file (or any
+        other file) is ever replaced by accident.
+
+    Returns:
+      The path written.
+
+    Raises:
+      ValueError: wrong shape, non-finite values, or bit_depth not 8 or 16.
+      FileExistsError: the file exists and overwrite is False.
+    """
+    path = Path(path)
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth={bit_depth!r} is not supported; use 8 or 16")
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"image has shape {arr.shape}; expected (H, W, 3) or (H, W), H, W >= 1")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"image has dtype {arr.dtype}; expected floats in [0, 1]")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("image contains NaN or infinite values; expected floats in [0, 1]")
+    _check_target(path, overwrite)
+    levels = 255.0 if bit_depth == 8 else 65535.0
+    quant = np.rint(np.clip(arr, 0.0, 1.0) * levels)
+    if bit_depth == 8:
+        import io as _io
+
+        buf = _io.BytesIO()
+        Image.fromarray(quant.astype(np.uint8)).save(buf, format="PNG")
+        data = buf.getvalue()
+    else:
+        import imagecodecs
+
+        data = bytes(imagecodecs.png_encode(quant.astype(np.uint16)))
+    atomic_write_bytes(path, data, overwrite=overwrite)
+    return path
+

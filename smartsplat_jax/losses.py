@@ -1,0 +1,47 @@
+"""Differentiable training losses (SPEC §5).
+
+L = lambda_l * mean|I_hat - I| + (1 - lambda_l) * (1 - SSIM(I_hat, I)), lambda_l = 0.9 by
+default (the paper; the authors' code used 0.8). SSIM: 11x11 Gaussian window, sigma 1.5,
+C1 = 0.01^2, C2 = 0.03^2, data range 1, zero padding with 'same' output size (fused-ssim's
+definition), mean over pixels and channels.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from smartsplat_jax import filters
+
+__all__ = ["LAMBDA_L1", "ssim", "l1", "l2", "smartsplat_loss"]
+
+LAMBDA_L1 = 0.9
+
+
+def ssim(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean SSIM of two [H, W, C] images in [0, 1], zero-padded 'same' (fused-ssim). Scalar."""
+    pad = ((filters.HALF, filters.HALF), (filters.HALF, filters.HALF), (0, 0))
+    ssim_map, _ = filters.ssim_maps_valid(jnp.pad(x, pad), jnp.pad(y, pad))
+    return jnp.mean(ssim_map)
+
+
+def l1(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean absolute error over pixels and channels. Scalar."""
+    return jnp.mean(jnp.abs(x - y))
+
+
+def l2(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean squared error over pixels and channels. Scalar."""
+    return jnp.mean(jnp.square(x - y))
+
+
+def smartsplat_loss(rendered: jax.Array, target: jax.Array,
+                    lambda_l1: float = LAMBDA_L1) -> jax.Array:
+    """SmartSplat's loss: lambda * L1 + (1 - lambda) * (1 - SSIM). Scalar.
+
+    Args:
+      rendered: [H, W, 3] the render, in [0, 1].
+      target: [H, W, 3] the ground truth, in [0, 1].
+      lambda_l1: weight of the L1 term, in [0, 1].
+    """
+    return lambda_l1 * l1(rendered, target) + (1.0 - lambda_l1) * (1.0 - ssim(rendered, target))

@@ -1,0 +1,170 @@
+"""The Gaussian parameter pytree, its activations (SPEC §2) and the CR budget (SPEC §1).
+
+Conventions:
+  * Pixel centres sit at integer coordinates: column j is x = j, row i is y = i.
+  * Means are stored normalized: x_pix = 0.5 * W * (x + 1), y_pix = 0.5 * H * (y + 1), so
+    x = -1 is the centre of column 0 and x = +1 lies one pixel past the last column.
+  * Scales are standard deviations in pixels along the Gaussian's two axes, through |.|.
+  * The angle is theta = 2*pi*sigmoid(r) in radians; r = 0 gives theta = pi.
+  * Colours are linear RGB, nominally in [0, 1], with no activation.
+  * Opacity is fixed to 1 for SmartSplat.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+__all__ = [
+    "BYTES_PER_GAUSSIAN",
+    "GaussianParams",
+    "num_gaussians",
+    "cr_range",
+    "scale_activation",
+    "rotation_angle",
+    "angle_to_raw",
+    "covariance",
+    "pixel_to_normalized",
+    "normalized_to_pixel",
+]
+
+# The paper's accounting: 7 bytes per Gaussian (SPEC §1).
+BYTES_PER_GAUSSIAN = 7
+
+
+@struct.dataclass
+class GaussianParams:
+    """Raw (pre-activation) parameters of N 2D Gaussians; a JAX pytree.
+
+    Attributes:
+      means: [N, 2] (x, y) in normalized coordinates (see module docstring).
+      scales: [N, 2] raw standard deviations in pixels; the activation is |.|.
+      rotation: [N, 1] raw angle; theta = 2*pi*sigmoid(rotation).
+      colors: [N, 3] RGB, no activation.
+      opacity: [N, 1] opacity; 1 for SmartSplat (not trained).
+    """
+
+    means: jax.Array
+    scales: jax.Array
+    rotation: jax.Array
+    colors: jax.Array
+    opacity: jax.Array
+
+    @property
+    def num(self) -> int:
+        """N, the number of Gaussians."""
+        return self.means.shape[0]
+
+    @classmethod
+    def create(cls, means, scales, colors, rotation=None, opacity=None, dtype=jnp.float32):
+        """Builds params, filling rotation with 0 (theta = pi) and opacity with 1 if omitted."""
+        means = jnp.asarray(means, dtype)
+        n = means.shape[0]
+        rotation = jnp.zeros((n, 1), dtype) if rotation is None else jnp.asarray(rotation, dtype)
+        opacity = jnp.ones((n, 1), dtype) if opacity is None else jnp.asarray(opacity, dtype)
+        return cls(means=means, scales=jnp.asarray(scales, dtype),
+                   rotation=rotation.reshape(n, 1), colors=jnp.asarray(colors, dtype),
+                   opacity=opacity.reshape(n, 1))
+
+    def validate(self) -> "GaussianParams":
+        """Checks the field shapes agree; returns self. Raises ValueError naming the field."""
+        n = self.means.shape[0] if getattr(self.means, "ndim", 0) >= 1 else None
+        expected = {"means": 2, "scales": 2, "rotation": 1, "colors": 3, "opacity": 1}
+        for name, width in expected.items():
+            shape = tuple(getattr(self, name).shape)
+            if shape != (n, width):
+                raise ValueError(
+                    f"GaussianParams.{name} has shape {shape}; expected ({n}, {width}) "
+                    f"for N = {n} Gaussians"
+                )
+        return self
+
+
+def scale_activation(raw_scales: jax.Array) -> jax.Array:
+    """[..., 2] raw scales -> standard deviations in pixels (|.|)."""
+    return jnp.abs(raw_scales)
+
+
+def rotation_angle(raw_rotation: jax.Array) -> jax.Array:
+    """[..., 1] raw angle -> theta in radians, in (0, 2*pi)."""
+    return 2.0 * jnp.pi * jax.nn.sigmoid(raw_rotation)
+
+
+def angle_to_raw(theta: jax.Array) -> jax.Array:
+    """Inverse of `rotation_angle` for theta in (0, 2*pi) radians (logit(theta / 2pi))."""
+    u = theta / (2.0 * jnp.pi)
+    return jnp.log(u) - jnp.log1p(-u)
+
+
+def covariance(params: GaussianParams) -> jax.Array:
+    """[N, 2, 2] pixel-space covariances Sigma = R S S^T R^T (SPEC §2)."""
+    s = scale_activation(params.scales)
+    theta = rotation_angle(params.rotation)[..., 0]
+    c, sn = jnp.cos(theta), jnp.sin(theta)
+    rot = jnp.stack([jnp.stack([c, -sn], -1), jnp.stack([sn, c], -1)], -2)  # [N, 2, 2]
+    rs = rot * s[:, None, :]
+    return rs @ jnp.swapaxes(rs, -1, -2)
+
+
+def normalized_to_pixel(means: jax.Array, height: int, width: int) -> jax.Array:
+    """[..., 2] normalized (x, y) -> pixel (x, y), pixel centres at integers."""
+    size = jnp.asarray([width, height], dtype=jnp.result_type(means))
+    return 0.5 * size * (means + 1.0)
+
+
+def pixel_to_normalized(xy: jax.Array, height: int, width: int) -> jax.Array:
+    """[..., 2] pixel (x, y) -> normalized (x, y); inverse of `normalized_to_pixel`."""
+    size = jnp.asarray([width, height], dtype=jnp.result_type(xy))
+    return 2.0 * xy / size - 1.0
+
+
+def _check_size(height, width) -> tuple[int, int]:
+    for name, v in (("height", height), ("width", width)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}={v!r} must be a positive integer number of pixels")
+    return int(height), int(width)
+
+
+def cr_range(height: int, width: int) -> tuple[float, float]:
+    """The compression ratios (min, max) that give 1 <= N <= H*W for an H x W image.
+
+    N = floor(3HW / (7 CR)) <= HW needs CR >= 3/7; N >= 1 needs CR <= 3HW/7.
+    """
+    height, width = _check_size(height, width)
+    raw = 3 * height * width
+    return raw / (BYTES_PER_GAUSSIAN * height * width), raw / BYTES_PER_GAUSSIAN
+
+
+def num_gaussians(height: int, width: int, cr: float) -> int:
+    """Number of Gaussians for a target compression ratio: floor(3HW / (7 CR)) (SPEC §1).
+
+    Args:
+      height, width: image size in pixels.
+      cr: target compression ratio (raw RGB bytes / compressed bytes), > 0.
+
+    Raises:
+      ValueError: non-finite or non-positive CR, or one outside the image's valid range.
+    """
+    height, width = _check_size(height, width)
+    lo, hi = cr_range(height, width)
+    try:
+        crf = float(cr)
+    except (TypeError, ValueError):
+        raise ValueError(f"cr={cr!r} is not a number; expected a compression ratio in "
+                         f"[{lo:.4g}, {hi:.6g}] for a {height}x{width} image") from None
+    if not math.isfinite(crf) or crf <= 0:
+        raise ValueError(f"cr={cr!r} must be a finite positive number; for a {height}x{width} "
+                         f"image the valid range is [{lo:.4g}, {hi:.6g}]")
+    # Exact rational arithmetic: floor(3HW / (7 CR)) with CR's exact binary value.
+    num = math.floor(Fraction(3 * height * width) / (BYTES_PER_GAUSSIAN * Fraction(crf)))
+    if num < 1 or num > height * width:
+        raise ValueError(
+            f"cr={crf:g} gives N={num} Gaussians for a {height}x{width} image (H={height}, "
+            f"W={width}); N must be in [1, H*W], so cr must be in [{lo:.4g}, {hi:.6g}]"
+        )
+    return num
