@@ -8,6 +8,7 @@ One definition of the window and of the SSIM / contrast-structure maps, used twi
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -28,10 +29,15 @@ def gaussian_window(size: int = WINDOW_SIZE, sigma: float = WINDOW_SIGMA) -> np.
 
 
 def _blur_valid(x: jnp.ndarray, taps: np.ndarray) -> jnp.ndarray:
-    """Separable 'valid' correlation of [H, W, C] with taps along H then W -> [H-k+1, W-k+1, C]."""
+    """Separable 'valid' correlation of [H, W, C] with taps along H then W -> [H-k+1, W-k+1, C].
+
+    The barrier keeps XLA from fusing the vertical sum into each horizontal tap, which would
+    recompute it k times (measured 17x slower on CPU).
+    """
     k = len(taps)
     h, w = x.shape[0] - k + 1, x.shape[1] - k + 1
     acc = sum(float(taps[i]) * x[i : i + h] for i in range(k))
+    acc = jax.lax.optimization_barrier(acc)
     return sum(float(taps[i]) * acc[:, i : i + w] for i in range(k))
 
 
@@ -44,12 +50,11 @@ def ssim_maps_valid(x: jnp.ndarray, y: jnp.ndarray):
     Returns:
       (ssim_map, cs_map): each [H - 10, W - 10, C].
     """
-    taps = gaussian_window()
-    mu_x = _blur_valid(x, taps)
-    mu_y = _blur_valid(y, taps)
-    sxx = _blur_valid(x * x, taps) - mu_x * mu_x
-    syy = _blur_valid(y * y, taps) - mu_y * mu_y
-    sxy = _blur_valid(x * y, taps) - mu_x * mu_y
+    stats = _blur_valid(jnp.concatenate([x, y, x * x, y * y, x * y], axis=-1), gaussian_window())
+    mu_x, mu_y, e_xx, e_yy, e_xy = jnp.split(stats, 5, axis=-1)
+    sxx = e_xx - mu_x * mu_x
+    syy = e_yy - mu_y * mu_y
+    sxy = e_xy - mu_x * mu_y
     cs_map = (2.0 * sxy + C2) / (sxx + syy + C2)
     ssim_map = (2.0 * mu_x * mu_y + C1) / (mu_x * mu_x + mu_y * mu_y + C1) * cs_map
     return ssim_map, cs_map
