@@ -1,0 +1,193 @@
+"""smartsplat_jax.render: xla backend vs the dense reference, gradients, chunking, resizing."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from smartsplat_jax import params as P
+from smartsplat_jax.render import (pair_count, render, render_reference, render_xla,
+                                   rescale_params, resolve_backend)
+from smartsplat_jax.render import xla as X
+
+from helpers import enable_x64
+
+
+def scene(seed, n, h, w, *, aniso=8.0, min_scale=0.25, extras=True, dtype=jnp.float32):
+    """A random scene with every awkward case of the rasterizer's contract.
+
+    Gaussians inside and partly/wholly outside the image, sub-pixel ones, anisotropic rotated
+    ones (aspect up to `aniso`), colours outside [0, 1], negative raw scales and opacities
+    around 1; with `extras`, also a huge one covering every tile, a singular one (zero
+    scale), and 300 small ones piled into one 4x4 area (> 256 Gaussians in one tile).
+    """
+    rng = np.random.default_rng(seed)
+    means = rng.uniform(-1.3, 1.3, (n, 2))
+    base = rng.uniform(min_scale, 4.0, (n, 1))
+    ratio = rng.uniform(1.0, aniso, (n, 1))
+    scales = np.concatenate([base, base * ratio], 1) * rng.choice([-1, 1], (n, 2))
+    colors = rng.uniform(-0.3, 1.3, (n, 3))
+    rot = rng.normal(0, 2, (n, 1))
+    opac = rng.uniform(0.3, 1.2, (n, 1))
+    if extras:
+        k = 300
+        pile = np.stack([rng.uniform(1, 3, k), rng.uniform(1, 3, k)], 1)  # pixels
+        means = np.concatenate([means, 2 * pile / [w, h] - 1, [[0.0, 0.0], [0.1, -0.2]]])
+        scales = np.concatenate([scales, rng.uniform(0.3, 1.0, (k, 2)),
+                                 [[3.0 * max(h, w), 2.0 * max(h, w)], [0.0, 2.0]]])
+        colors = np.concatenate([colors, rng.uniform(0, 0.01, (k, 3)), [[0.2, 0.3, 0.4], [1, 1, 1]]])
+        rot = np.concatenate([rot, rng.normal(0, 1, (k, 1)), [[0.3], [0.0]]])
+        opac = np.concatenate([opac, np.ones((k, 1)), [[0.5], [1.0]]])
+    return P.GaussianParams.create(means=means, scales=scales, colors=colors, rotation=rot,
+                                   opacity=opac, dtype=dtype)
+
+
+SIZES = [(1, 1), (1, 17), (13, 1), (21, 37), (32, 32), (45, 29)]
+
+
+@pytest.mark.parametrize("h,w", SIZES)
+def test_xla_equals_reference_float32(h, w):
+    p = scene(h * 100 + w, 200, h, w)
+    assert pair_count(p, h, w, 4) > 0
+    a = render(p, h, w, backend="xla")
+    b = render(p, h, w, backend="reference")
+    chex.assert_shape(a, (h, w, 3))
+    chex.assert_type(a, jnp.float32)
+    assert float(jnp.max(jnp.abs(a - b))) <= 1e-5
+
+
+def test_more_than_256_gaussians_in_a_tile_all_count():
+    # 600 faint Gaussians on one pixel: the sum needs all 600 (the authors' kernel stops at 256).
+    n = 600
+    p = P.GaussianParams.create(means=np.zeros((n, 2)), scales=np.full((n, 2), 0.6),
+                                colors=np.full((n, 3), 1.0 / 1000))
+    img = render(p, 8, 8, backend="xla", tile=4)
+    # Pixel (4, 4) is the centre (x = 0 -> 0.5 * 8); alpha = 1 there.
+    assert float(img[4, 4, 0]) == pytest.approx(0.6, rel=1e-5)
+    np.testing.assert_allclose(img, render(p, 8, 8, backend="reference"), atol=1e-5)
+
+
+@pytest.mark.parametrize("tile,chunk", [(4, 64), (8, 256), (16, 1024), (4, 1 << 15)])
+def test_tiles_and_chunks_do_not_change_the_image(tile, chunk):
+    p = scene(7, 300, 40, 50)
+    total = pair_count(p, 40, 50, tile)
+    assert total > chunk or chunk == 1 << 15  # several loop iterations for the small chunks
+    a = render(p, 40, 50, backend="xla", tile=tile, chunk=chunk)
+    b = render(p, 40, 50, backend="reference")
+    assert float(jnp.max(jnp.abs(a - b))) <= 1e-5
+
+
+def test_needles_and_singular_exact_in_float64():
+    with enable_x64():
+        p = scene(3, 150, 30, 41, aniso=200.0, min_scale=0.01, dtype=jnp.float64)
+        a = render_xla(p, 30, 41, chunk=128, clamp=False)
+        b = render_reference(p, 30, 41, clamp=False)
+        assert float(jnp.max(jnp.abs(a - b))) <= 1e-9
+
+
+def test_gradients_equal_reference_float64():
+    with enable_x64():
+        h, w = 19, 23
+        p = scene(11, 120, h, w, aniso=20.0, min_scale=0.1, dtype=jnp.float64)
+        # Some centres exactly on pixel centres (min(1, o e^-q) tie at q = 0).
+        p = p.replace(means=p.means.at[:4].set(2.0 * jnp.array([[3, 4], [10, 2], [0, 0], [7, 7]])
+                                              / jnp.array([w, h]) - 1.0))
+        wgt = jnp.asarray(np.random.default_rng(0).normal(size=(h, w, 3)))
+        ga = jax.grad(lambda q: jnp.sum(render_xla(q, h, w, chunk=64) * wgt))(p)
+        gb = jax.grad(lambda q: jnp.sum(render_reference(q, h, w) * wgt))(p)
+        for name in ("means", "scales", "rotation", "colors", "opacity"):
+            x, y = getattr(ga, name), getattr(gb, name)
+            assert float(jnp.max(jnp.abs(x - y))) <= 1e-8 * (1.0 + float(jnp.max(jnp.abs(y)))), name
+
+
+def test_gradients_equal_reference_float32_through_render():
+    h, w = 24, 31
+    p = scene(5, 150, h, w, extras=False)
+    tgt = jnp.asarray(np.random.default_rng(1).random((h, w, 3)), jnp.float32)
+    loss = lambda q, be: jnp.mean((render(q, h, w, backend=be) - tgt) ** 2)
+    ga = jax.jit(jax.grad(lambda q: loss(q, "xla")))(p)
+    gb = jax.grad(lambda q: loss(q, "reference"))(p)
+    chex.assert_trees_all_equal_shapes_and_dtypes(ga, p)
+    for name in ("means", "scales", "rotation", "colors", "opacity"):
+        x, y = getattr(ga, name), getattr(gb, name)
+        rel = float(jnp.max(jnp.abs(x - y))) / (float(jnp.max(jnp.abs(y))) + 1e-12)
+        assert rel <= 1e-4, (name, rel)
+
+
+def test_check_grads_tiny_scene():
+    with enable_x64():
+        # Smooth region of the function: centres off the pixel grid, all alphas < 1.
+        p = P.GaussianParams.create(
+            means=[[-0.31, 0.12], [0.27, -0.43], [0.05, 0.33]],
+            scales=[[1.7, 2.3], [-2.9, 1.1], [1.3, 1.4]],
+            colors=[[0.2, 0.5, 0.1], [0.3, 0.1, 0.4], [0.1, 0.2, 0.2]],
+            rotation=[[0.4], [-1.2], [2.0]], opacity=[[0.7], [0.6], [0.5]], dtype=jnp.float64)
+        f = lambda q: render_xla(q, 9, 11, chunk=16)
+        check_grads(f, (p,), order=1, modes=("rev",), atol=1e-5, rtol=1e-5)
+
+
+def test_outside_and_culled_gaussians_contribute_nothing():
+    p = P.GaussianParams.create(
+        means=[[5.0, 5.0], [-3.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]],
+        scales=[[1.0, 1.0], [1.0, 1.0], [0.0, 3.0], [2.0, 2.0], [jnp.nan, 1.0]],
+        colors=np.ones((5, 3)), opacity=[[1.0], [1.0], [1.0], [1.0 / 300], [1.0]])
+    assert pair_count(p, 16, 16) == 0
+    img = render(p, 16, 16, backend="xla")
+    assert float(jnp.max(img)) == 0.0
+    grads = jax.grad(lambda q: jnp.sum(render(q, 16, 16, backend="xla")))(p)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_cull_box_is_a_superset_of_kept_pixels():
+    # Every pixel with alpha >= 1/255 by the dense definition lies in a binned tile.
+    p = scene(21, 400, 50, 60, aniso=30.0, min_scale=0.05, extras=False)
+    proj = X.project(p, 50, 60, tile=1)  # tile 1: the box itself, pixel by pixel
+    mu = P.normalized_to_pixel(p.means, 50, 60)
+    for g in range(0, 400, 7):
+        one = jax.tree_util.tree_map(lambda x: x[g:g + 1], p)
+        raw = render_reference(one.replace(colors=jnp.ones((1, 3))), 50, 60, clamp=False)
+        ys, xs = np.nonzero(np.asarray(raw[..., 0]) > 0)
+        if len(xs) == 0:
+            continue
+        x0, y0, wx = int(proj.tx0[g]), int(proj.ty0[g]), int(proj.wx[g])
+        hy = int(proj.counts[g]) // wx
+        assert xs.min() >= x0 and xs.max() < x0 + wx, (g, mu[g])
+        assert ys.min() >= y0 and ys.max() < y0 + hy, (g, mu[g])
+
+
+def test_resolution_helper_matches_dense_sampling():
+    h, w = 20, 30
+    p = scene(9, 80, h, w, extras=False)
+    for (h2, w2) in [(40, 60), (20, 45), (35, 30)]:
+        q = rescale_params(p, (h, w), (h2, w2))
+        fy, fx = h2 / h, w2 / w
+        ys, xs = jnp.meshgrid(jnp.arange(h2) / fy, jnp.arange(w2) / fx, indexing="ij")
+        dense = render_reference(p, h, w, sample_xy=jnp.stack([xs, ys], -1))
+        got = render(q, h2, w2, backend="xla")
+        assert float(jnp.max(jnp.abs(got - dense))) <= 2e-5, (h2, w2)
+
+
+def test_render_bad_inputs():
+    p = scene(0, 5, 4, 4, extras=False)
+    with pytest.raises(ValueError, match="height=0"):
+        render(p, 0, 4)
+    with pytest.raises(ValueError, match="backend='cuda'"):
+        render(p, 4, 4, backend="cuda")
+    with pytest.raises(ValueError, match=r"colors has shape \(5, 2\)"):
+        render(p.replace(colors=p.colors[:, :2]), 4, 4)
+    with pytest.raises(ValueError, match="src_hw"):
+        rescale_params(p, (0, 3), (4, 4))
+    assert resolve_backend("auto") == "xla"
+
+
+def test_render_jits_with_static_size_and_empty_params():
+    p = scene(0, 10, 6, 7, extras=False)
+    f = jax.jit(render, static_argnames=("height", "width", "backend"))
+    np.testing.assert_allclose(f(p, height=6, width=7, backend="xla"), render(p, 6, 7), atol=0)
+    empty = P.GaussianParams.create(means=np.zeros((0, 2)), scales=np.zeros((0, 2)),
+                                    colors=np.zeros((0, 3)))
+    assert float(jnp.sum(render(empty, 5, 5))) == 0.0
