@@ -1,0 +1,72 @@
+"""Scale-adaptive colour: the Gaussian-weighted median under each Gaussian (SPEC §4.6).
+
+For a Gaussian at pixel position x with scale s, taps sit at x + (a, b) * s / 4 for
+a, b in {-4..4} with sqrt(a^2 + b^2) <= 4.5 (69 taps); each is sampled bilinearly (pixel
+centres at integer coordinates, positions clamped to the image) and weighted by
+exp(-(a^2 + b^2) / 32), a Gaussian of standard deviation s in pixels. Per channel, the
+colour is the smallest sample whose normalized cumulative weight, samples sorted ascending,
+reaches 0.5. (The authors mix grid units and pixels in the weight; this is scale-consistent.)
+Points are processed in chunks, so memory is O(chunk * 69) beyond the image.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["TAPS", "TAP_WEIGHTS", "bilinear", "weighted_median_colors"]
+
+
+def _taps() -> tuple[np.ndarray, np.ndarray]:
+    ab = np.array([(a, b) for b in range(-4, 5) for a in range(-4, 5) if a * a + b * b <= 20.25],
+                  np.float32)
+    return ab, np.exp(-(ab**2).sum(1) / 32.0).astype(np.float32)
+
+
+TAPS, TAP_WEIGHTS = _taps()
+
+
+def bilinear(image: jax.Array, xy: jax.Array) -> jax.Array:
+    """Samples [H, W, C] at [..., 2] pixel positions (x, y), clamped to the image -> [..., C]."""
+    h, w = image.shape[:2]
+    x = jnp.clip(xy[..., 0], 0.0, w - 1.0)
+    y = jnp.clip(xy[..., 1], 0.0, h - 1.0)
+    x0 = jnp.clip(jnp.floor(x), 0, max(w - 2, 0)).astype(jnp.int32)
+    y0 = jnp.clip(jnp.floor(y), 0, max(h - 2, 0)).astype(jnp.int32)
+    x1 = jnp.minimum(x0 + 1, w - 1)
+    y1 = jnp.minimum(y0 + 1, h - 1)
+    fx = (x - x0)[..., None]
+    fy = (y - y0)[..., None]
+    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
+    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+@jax.jit
+def _chunk_median(image, xy, scale):
+    pos = xy[:, None, :] + jnp.asarray(TAPS)[None] * (scale[:, None, None] / 4.0)  # [P, T, 2]
+    samples = bilinear(image, pos)  # [P, T, C]
+    order = jnp.argsort(samples, axis=1)
+    vals = jnp.take_along_axis(samples, order, axis=1)
+    wts = jnp.asarray(TAP_WEIGHTS)[order]  # [P, T, C]
+    cum = jnp.cumsum(wts, axis=1) / float(TAP_WEIGHTS.sum())
+    first = jnp.argmax(cum >= 0.5 - 1e-6, axis=1)  # [P, C]
+    return jnp.take_along_axis(vals, first[:, None, :], axis=1)[:, 0, :]
+
+
+def weighted_median_colors(image: jax.Array, xy: np.ndarray, scale: np.ndarray, *,
+                           chunk: int = 1 << 16) -> np.ndarray:
+    """[N, 3] colours for Gaussians at pixel positions xy [N, 2] with scales [N] (pixels)."""
+    xy = np.asarray(xy, np.float32).reshape(-1, 2)
+    scale = np.asarray(scale, np.float32).reshape(-1)
+    n = xy.shape[0]
+    out = np.empty((n, image.shape[2]), np.float32)
+    size = min(chunk, 1 << max(0, int(n - 1).bit_length()))
+    for c0 in range(0, n, size):
+        idx = np.resize(np.arange(c0, min(c0 + size, n)), size)
+        res = _chunk_median(image, jnp.asarray(xy[idx]), jnp.asarray(scale[idx]))
+        out[c0 : min(c0 + size, n)] = np.asarray(res)[: min(size, n - c0)]
+    return out
