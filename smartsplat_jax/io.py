@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
+    "DEMO_IMAGE",
     "DEFAULT_MAX_PIXELS",
     "ImageError",
     "load_image",
@@ -42,6 +43,9 @@ __all__ = [
 ]
 
 DEFAULT_MAX_PIXELS = 400_000_000
+# The bundled demo photograph: Kodak PhotoCD kodim23 (768 x 512, lossless PNG; released by
+# Kodak for unrestricted use).
+DEMO_IMAGE = Path(__file__).resolve().parent / "data" / "kodim23.png"
 _MAX_PIXELS_ENV = "SMARTSPLAT_MAX_PIXELS"
 
 # Pillow's bomb check reads a module global; we lift it only while one of our own opens runs.

@@ -119,7 +119,7 @@ def smart_init(key: jax.Array, image, num_gaussians: int, *, lambda_g: float = L
     info = {
         "num_gaussians": n, "num_variational": n_vs, "num_uniform": n_us,
         "s_base": base, "exclusion": excl,
-        "tiles": {"n_h": layout.n_h, "n_w": layout.n_w, "tile_h": layout.tile_h,
+        "tiles": {"size": tile, "n_h": layout.n_h, "n_w": layout.n_w, "tile_h": layout.tile_h,
                   "tile_w": layout.tile_w, "origins": layout.origins.tolist(),
                   "counts": counts.tolist()},
         "seconds": times,

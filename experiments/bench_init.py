@@ -1,0 +1,106 @@
+"""Benchmark SmartSplat's initialization: time per stage, compile time, memory, init PSNR.
+
+  python -m experiments.bench_init --images='../shared/data/hires/*.png' --crs=50,200
+
+Each (image, CR) runs in its own subprocess so its peak resident memory is its own. The
+first call (which compiles) and the median of the next `repeats` calls are reported
+separately, with seconds per stage of the last call, and the PSNR of the rendered
+initialization next to a random initialization with the same N (uniform means, scales
+s_base, colours read at the means).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+_IMAGES = flags.DEFINE_string("images", "", "Glob of image files (default: the demo image).")
+_CRS = flags.DEFINE_list("crs", ["50", "200"], "Compression ratios.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls after the first.")
+_OUT = flags.DEFINE_string("out", "results/bench_init.json", "JSON output path.")
+_CHILD = flags.DEFINE_string("child", "", "Internal: 'path@cr' to run in this process.")
+
+
+def _child(spec: str) -> dict:
+    import jax
+    import numpy as np
+
+    from smartsplat_jax import load_image, metrics, num_gaussians
+    from smartsplat_jax.init import random_init, smart_init
+    from smartsplat_jax.render import render
+
+    path, cr = spec.rsplit("@", 1)
+    image = load_image(path)
+    h, w = image.shape[:2]
+    n = num_gaussians(h, w, float(cr))
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    params, info = smart_init(jax.random.PRNGKey(0), image, n)
+    first = time.perf_counter() - t0
+    times = []
+    for i in range(_REPEATS.value):
+        t0 = time.perf_counter()
+        params, info = smart_init(jax.random.PRNGKey(0), image, n)
+        times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rand, _ = random_init(jax.random.PRNGKey(0), image, n)
+    return {
+        "image": os.path.basename(path), "width": w, "height": h, "cr": float(cr), "n": n,
+        "first_call_s": first, "median_s": float(np.median(times)) if times else None,
+        "stages_s": info["seconds"], "exclusion": info["exclusion"],
+        "peak_rss_gib": peak / 2**20, "rss_before_init_gib": rss0 / 2**20,
+        "psnr_smart_init": metrics.psnr(render(params, h, w), image),
+        "psnr_random_init": metrics.psnr(render(rand, h, w), image),
+        "device": str(jax.devices()[0].device_kind), "jax_version": jax.__version__,
+    }
+
+
+def main(argv):
+    del argv
+    if _CHILD.value:
+        print(json.dumps(_child(_CHILD.value)))
+        return
+    if _IMAGES.value:
+        paths = sorted(glob.glob(_IMAGES.value))
+        if not paths:
+            sys.exit(f"error: --images={_IMAGES.value!r} matches no file")
+    else:
+        from smartsplat_jax import DEMO_IMAGE
+        paths = [str(DEMO_IMAGE)]
+    rows = []
+    for path in paths:
+        for cr in _CRS.value:
+            out = subprocess.run([sys.executable, "-m", "experiments.bench_init",
+                                  f"--child={path}@{cr}", f"--repeats={_REPEATS.value}"],
+                                 capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                sys.exit(f"error: {path} at CR {cr} failed:\n{out.stderr[-2000:]}")
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print("\n| image | size | CR | N | first call s | median s | variational | uniform | knn "
+          "| colours | peak RSS GiB | init PSNR | random PSNR | device |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        st = r["stages_s"]
+        print(f"| {r['image']} | {r['width']}x{r['height']} | {r['cr']:g} | {r['n']} | "
+              f"{r['first_call_s']:.2f} | {r['median_s']:.3f} | {st['variational_s']:.3f} | "
+              f"{st['uniform_s']:.3f} | {st['knn_s']:.3f} | {st['colors_s']:.3f} | "
+              f"{r['peak_rss_gib']:.2f} | {r['psnr_smart_init']:.2f} | "
+              f"{r['psnr_random_init']:.2f} | {r['device']} |")
+    if _OUT.value:
+        os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+        with open(_OUT.value, "w") as f:
+            json.dump(rows, f, indent=2)
+        print(f"\nwrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,137 @@
+"""Compare methods over an image set: images x CRs x methods at a step budget.
+
+  python -m experiments.benchmark --images='../shared/data/kodak/*.png' --crs=20 \
+      --methods=smartsplat,random,gaussianimage-rs --steps=1000 --out_dir=results/bench_kodak
+
+Each cell (image, CR, method) runs `run_fit` into out_dir/cells/<cell>/ and its metrics are
+appended to out_dir/results.json. Cells already there are skipped, so a killed benchmark
+continues where it stopped. Writes results.md (per cell and means per CR and method),
+results.csv and results.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+from smartsplat_jax import ImageError
+from smartsplat_jax.io import atomic_write_bytes
+from smartsplat_jax.pipeline import check_workdir, run_fit
+from smartsplat_jax.train import METHODS, TrainingDiverged
+
+_IMAGES = flags.DEFINE_string("images", None, "A folder, or a glob of image files.")
+_CRS = flags.DEFINE_list("crs", ["20"], "Compression ratios.")
+_METHODS = flags.DEFINE_list("methods", list(METHODS), "Methods to compare.")
+_STEPS = flags.DEFINE_integer("steps", 1000, "Training steps per cell.")
+_BACKEND = flags.DEFINE_string("backend", "auto", "Renderer backend.")
+_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
+_OUT = flags.DEFINE_string("out_dir", "results/benchmark", "Output folder.")
+
+COLUMNS = ("image", "cr", "method", "steps", "num_gaussians", "psnr", "ssim", "ms_ssim",
+           "init_psnr", "train_seconds", "it_per_s", "s_per_step", "device")
+_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+
+
+def _images(spec: str) -> list[str]:
+    if os.path.isdir(spec):
+        return sorted(str(p) for p in Path(spec).iterdir() if p.suffix.lower() in _EXTS)
+    return sorted(glob.glob(spec))
+
+
+def _key(r: dict) -> tuple:
+    return (os.path.basename(r["image"]), float(r["cr"]), r["method"], int(r["steps"]))
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _means(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["cr"], r["method"], r["steps"]), []).append(r)
+    out = []
+    for (cr, method, steps), rs in sorted(groups.items()):
+        m = {"image": f"mean of {len(rs)}", "cr": cr, "method": method, "steps": steps}
+        for c in ("psnr", "ssim", "ms_ssim", "init_psnr", "train_seconds", "it_per_s", "s_per_step"):
+            vals = [r[c] for r in rs if r.get(c) is not None]
+            m[c] = sum(vals) / len(vals) if vals else None
+        out.append(m)
+    return out
+
+
+def write_reports(out: Path, rows: list[dict]) -> None:
+    means = _means(rows)
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows + means:
+        cells = [_fmt(os.path.basename(r[c]) if c == "image" else r.get(c)) for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    atomic_write_bytes(out / "results.md", ("\n".join(lines) + "\n").encode())
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows + means)
+    atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
+    atomic_write_bytes(out / "results.json", json.dumps({"cells": rows, "means": means},
+                                                        indent=2).encode())
+    print("\n".join(lines))
+
+
+def main(argv):
+    del argv
+    if not _IMAGES.value:
+        sys.exit("error: --images is required (a folder or a glob)")
+    images = _images(_IMAGES.value)
+    if not images:
+        sys.exit(f"error: --images={_IMAGES.value!r} matches no image file")
+    bad = [m for m in _METHODS.value if m not in METHODS]
+    if bad:
+        sys.exit(f"error: unknown method(s) {bad}; choose from {', '.join(METHODS)}")
+    try:
+        crs = [float(c) for c in _CRS.value]
+        out = check_workdir(_OUT.value)
+    except ValueError:
+        sys.exit(f"error: --crs={_CRS.value} must be numbers")
+    except OSError as e:
+        sys.exit(f"error: {e}")
+    if _STEPS.value < 1:
+        sys.exit(f"error: --steps={_STEPS.value} must be >= 1")
+    results_path = out / "results.json"
+    rows = json.loads(results_path.read_text())["cells"] if results_path.exists() else []
+    done = {_key(r) for r in rows}
+    for image in images:
+        for cr in crs:
+            for method in _METHODS.value:
+                key = (os.path.basename(image), cr, method, _STEPS.value)
+                if key in done:
+                    print(f"skip (done): {key}")
+                    continue
+                cell = out / "cells" / f"{Path(image).stem}_cr{cr:g}_{method}_{_STEPS.value}"
+                print(f"run: {key}", flush=True)
+                try:
+                    r = run_fit(image, cell, cr=cr, method=method, steps=_STEPS.value,
+                                backend=_BACKEND.value, seed=_SEED.value, resume=True,
+                                visualize=False, eval_every=0, checkpoint_every=0,
+                                chunk_steps=min(_STEPS.value, 100))
+                except (ImageError, ValueError, OSError, TrainingDiverged) as e:
+                    print(f"  failed: {e}")
+                    continue
+                r["s_per_step"] = None if not r.get("it_per_s") else 1.0 / r["it_per_s"]
+                rows.append(r)
+                done.add(key)
+                write_reports(out, rows)
+    write_reports(out, rows)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,27 @@
+"""Default configuration of `python -m experiments.fit`: a quick CPU run on the demo image.
+
+Override any field on the command line: --config.steps=5000 --config.lambda_l1=0.8
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.image = ""  # empty: the bundled demo image (Kodak kodim23, 768x512)
+    c.cr = 20.0
+    c.method = "smartsplat"  # smartsplat | random | gaussianimage-rs
+    c.steps = 1000  # CPU-friendly; the paper trains 50,000 (configs/paper.py)
+    c.backend = "auto"
+    c.seed = 0
+    c.workdir = "results/fit"
+    # Training (FitConfig fields; None keeps the method's default, see SPEC §6 and §10).
+    c.lambda_l1 = ml_collections.FieldReference(None, field_type=float)
+    c.lr_means = ml_collections.FieldReference(None, field_type=float)
+    c.lr_scales = ml_collections.FieldReference(None, field_type=float)
+    c.lr_colors = ml_collections.FieldReference(None, field_type=float)
+    c.lr_rotation = ml_collections.FieldReference(None, field_type=float)
+    c.chunk_steps = 100
+    c.eval_every = 250
+    c.checkpoint_every = 500
+    return c

@@ -1,0 +1,15 @@
+"""The paper's configuration (SPEC §6): 50,000 steps; meant for a GPU.
+
+  python -m experiments.fit --config=experiments/configs/paper.py --image=photo.png --cr=50
+"""
+
+from experiments.configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.steps = 50_000
+    c.eval_every = 5000
+    c.checkpoint_every = 5000
+    c.chunk_steps = 500
+    return c

@@ -1,0 +1,167 @@
+"""smartsplat_jax.train and the launchers: optimizer groups, fitting, resume, NaN handling."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from smartsplat_jax import load_image, metrics, num_gaussians, save_image
+from smartsplat_jax import params as P
+from smartsplat_jax.pipeline import load_params
+from smartsplat_jax.render import render
+from smartsplat_jax.train import (TrainingDiverged, config_for_method, fit, initialize,
+                                  make_optimizer)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def small_photo(tmp_path_factory):
+    """A 96 x 128 crop of a real photo (the bundled demo image)."""
+    from smartsplat_jax import DEMO_IMAGE
+
+    img = load_image(DEMO_IMAGE)[150:246, 250:378]
+    path = tmp_path_factory.mktemp("img") / "crop.png"
+    save_image(path, img)
+    return path, load_image(path)
+
+
+def test_optimizer_groups_one_adam_step_by_hand():
+    cfg = config_for_method("smartsplat")
+    p = P.GaussianParams.create(means=[[0.1, -0.2]], scales=[[2.0, 3.0]], colors=[[0.5, 0.5, 0.5]],
+                                rotation=[[0.3]], opacity=[[1.0]])
+    g = P.GaussianParams.create(means=[[0.7, -2.0]], scales=[[-0.1, 4.0]], colors=[[1.0, -1.0, 3.0]],
+                                rotation=[[-5.0]], opacity=[[2.0]])
+    opt = make_optimizer(cfg)
+    upd, _ = opt.update(g, opt.init(p), p)
+    # First Adam step: m_hat = g, v_hat = g^2, so the update is -lr * g / (|g| + 1e-15)
+    # (float32 bias corrections leave ~1e-5 relative error; a wrong rate is off by factors).
+    expect = {"means": 1e-4, "scales": 5e-2, "colors": 5e-3, "rotation": 1e-3, "opacity": 0.0}
+    for name, lr in expect.items():
+        gv = np.asarray(getattr(g, name), np.float64)
+        np.testing.assert_allclose(getattr(upd, name), -lr * gv / (np.abs(gv) + 1e-15), rtol=2e-5,
+                                   err_msg=name)
+
+
+def test_gaussianimage_config_and_schedule():
+    cfg = config_for_method("gaussianimage-rs")
+    assert (cfg.loss, cfg.optimizer, cfg.lr_halve_every) == ("l2", "adan", 20000)
+    with pytest.raises(ValueError, match="method='nope'"):
+        config_for_method("nope")
+    with pytest.raises(ValueError, match="steps=0"):
+        config_for_method("smartsplat", steps=0)
+    with pytest.raises(ValueError, match="backend='gpu'"):
+        config_for_method("smartsplat", backend="gpu")
+
+
+def test_short_fit_beats_init(small_photo):
+    _, img = small_photo
+    h, w = img.shape[:2]
+    n = num_gaussians(h, w, 10)
+    p0, _ = initialize("smartsplat", jax.random.PRNGKey(0), img, n)
+    cfg = config_for_method("smartsplat", steps=150, chunk_steps=25, eval_every=25)
+    p1, hist = fit(img, p0, cfg, progress=False)
+    psnr0 = metrics.psnr(render(p0, h, w), img)
+    evals = [e["psnr"] for e in hist["eval"]]
+    assert evals[-1] > psnr0 + 8.0, (psnr0, evals)
+    assert sum(b > a for a, b in zip(evals, evals[1:])) >= len(evals) - 2  # mostly increasing
+    # Opacity is frozen.
+    np.testing.assert_array_equal(p1.opacity, p0.opacity)
+
+
+def test_resume_equals_uninterrupted(small_photo, tmp_path):
+    _, img = small_photo
+    h, w = img.shape[:2]
+    p0, _ = initialize("smartsplat", jax.random.PRNGKey(1), img, num_gaussians(h, w, 30))
+    base = dict(chunk_steps=10, eval_every=0, checkpoint_every=20)
+    full, _ = fit(img, p0, config_for_method("smartsplat", steps=60, **base), progress=False)
+    # A run stopped after its step-40 checkpoint, then resumed to 60.
+    fit(img, p0, config_for_method("smartsplat", steps=40, **base), workdir=tmp_path, progress=False)
+    resumed, hist = fit(img, p0, config_for_method("smartsplat", steps=60, **base),
+                        workdir=tmp_path, resume=True, progress=False)
+    assert hist["resumed_from"] == 40
+    for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_divergence_stops_with_clear_message(small_photo, tmp_path):
+    _, img = small_photo
+    h, w = img.shape[:2]
+    p0, _ = initialize("random", jax.random.PRNGKey(0), img, num_gaussians(h, w, 50))
+    ok = config_for_method("smartsplat", steps=10, chunk_steps=10, eval_every=0, checkpoint_every=10)
+    good, _ = fit(img, p0, ok, workdir=tmp_path, progress=False)
+    before = sorted((tmp_path / "checkpoints").iterdir())
+    bad = config_for_method("smartsplat", steps=40, chunk_steps=10, eval_every=0,
+                            checkpoint_every=10, lr_colors=3e38)
+    with pytest.raises(TrainingDiverged, match=r"stopped at step \d+.*last good checkpoint"):
+        fit(img, p0, bad, workdir=tmp_path, resume=True, progress=False)
+    assert sorted((tmp_path / "checkpoints").iterdir()) == before
+
+
+def _run(args, cwd=ROOT):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_fit_launcher_end_to_end(small_photo, tmp_path):
+    path, img = small_photo
+    work = tmp_path / "run"
+    out = _run(["experiments.fit", f"--image={path}", "--cr=15", "--steps=20", f"--workdir={work}",
+                "--config.chunk_steps=10", "--config.eval_every=10"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "PSNR" in out.stdout
+    for name in ("recon.png", "params.npz", "metrics.json", "curve.png", "history.json",
+                 "init_weights.png", "init_points.png", "init_render.png"):
+        assert (work / name).is_file(), name
+    m = json.loads((work / "metrics.json").read_text())
+    for key in ("psnr", "ssim", "ms_ssim", "num_gaussians", "steps", "train_seconds", "height",
+                "width", "cr", "method", "backend", "device", "jax_version"):
+        assert key in m, key
+    params, h, w = load_params(work / "params.npz")
+    assert (h, w) == img.shape[:2] and m["num_gaussians"] == params.means.shape[0]
+    rendered = render(params, h, w)
+    assert m["psnr"] == pytest.approx(metrics.psnr(rendered, img), abs=1e-6)
+    assert m["ssim"] == pytest.approx(metrics.ssim(rendered, img), abs=1e-6)
+    assert m["ms_ssim"] is None and "160" in m["ms_ssim_note"]  # 96 px: too small for MS-SSIM
+    recon = load_image(work / "recon.png")
+    assert metrics.psnr(recon, np.asarray(rendered)) > 45  # the PNG is the render, 8-bit
+
+
+@pytest.mark.parametrize("flag,needle", [("--cr=-3", "cr=-3"), ("--steps=0", "steps=0"),
+                                         ("--method=magic", "method='magic'"),
+                                         ("--backend=cuda", "backend='cuda'"),
+                                         ("--image=/no/such.png", "no such file")])
+def test_fit_launcher_bad_flags(small_photo, tmp_path, flag, needle):
+    path, _ = small_photo
+    args = ["experiments.fit", f"--image={path}", f"--workdir={tmp_path / 'w'}", "--steps=5"]
+    out = _run(args + [flag])
+    assert out.returncode != 0
+    assert needle in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+def test_fit_launcher_unwritable_workdir(small_photo, tmp_path):
+    path, _ = small_photo
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = _run(["experiments.fit", f"--image={path}", f"--workdir={blocker / 'sub'}", "--steps=5"])
+    assert out.returncode != 0 and "not writable" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_benchmark_launcher_resumes(small_photo, tmp_path):
+    path, _ = small_photo
+    args = ["experiments.benchmark", f"--images={path}", "--crs=20", "--methods=smartsplat,random",
+            "--steps=10", f"--out_dir={tmp_path}"]
+    first = _run(args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert len(data["cells"]) == 2 and {m["method"] for m in data["means"]} == {"smartsplat", "random"}
+    assert (tmp_path / "results.md").is_file() and (tmp_path / "results.csv").is_file()
+    again = _run(args)
+    assert again.returncode == 0 and again.stdout.count("skip (done)") == 2
