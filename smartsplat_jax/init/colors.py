@@ -47,18 +47,18 @@ def bilinear(image: jax.Array, xy: jax.Array) -> jax.Array:
 
 @jax.jit
 def _chunk_median(image, xy, scale):
+    """[P, C] weighted medians for P Gaussians (see the module docstring)."""
     pos = xy[:, None, :] + jnp.asarray(TAPS)[None] * (scale[:, None, None] / 4.0)  # [P, T, 2]
-    samples = bilinear(image, pos)  # [P, T, C]
-    order = jnp.argsort(samples, axis=1)
-    vals = jnp.take_along_axis(samples, order, axis=1)
-    wts = jnp.asarray(TAP_WEIGHTS)[order]  # [P, T, C]
-    cum = jnp.cumsum(wts, axis=1) / float(TAP_WEIGHTS.sum())
-    first = jnp.argmax(cum >= 0.5 - 1e-6, axis=1)  # [P, C]
-    return jnp.take_along_axis(vals, first[:, None, :], axis=1)[:, 0, :]
+    samples = jnp.swapaxes(bilinear(image, pos), 1, 2)  # [P, C, T]
+    wts = jnp.broadcast_to(jnp.asarray(TAP_WEIGHTS), samples.shape)
+    vals, wts = jax.lax.sort((samples, wts), dimension=2, num_keys=1)  # weights ride along
+    cum = jnp.cumsum(wts, axis=2) / float(TAP_WEIGHTS.sum())
+    first = jnp.argmax(cum >= 0.5 - 1e-6, axis=2)  # [P, C]
+    return jnp.take_along_axis(vals, first[:, :, None], axis=2)[:, :, 0]
 
 
 def weighted_median_colors(image: jax.Array, xy: np.ndarray, scale: np.ndarray, *,
-                           chunk: int = 1 << 16) -> np.ndarray:
+                           chunk: int = 1 << 13) -> np.ndarray:
     """[N, 3] colours for Gaussians at pixel positions xy [N, 2] with scales [N] (pixels)."""
     xy = np.asarray(xy, np.float32).reshape(-1, 2)
     scale = np.asarray(scale, np.float32).reshape(-1)
