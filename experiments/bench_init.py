@@ -21,6 +21,8 @@ import time
 
 from absl import app, flags
 
+from experiments.common import write_json
+
 _IMAGES = flags.DEFINE_string("images", "", "Glob of image files (default: the demo image).")
 _CRS = flags.DEFINE_list("crs", ["50", "200"], "Compression ratios.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls after the first.")
@@ -95,11 +97,7 @@ def main(argv):
               f"{st['uniform_s']:.3f} | {st['knn_s']:.3f} | {st['colors_s']:.3f} | "
               f"{r['peak_rss_gib']:.2f} | {r['psnr_smart_init']:.2f} | "
               f"{r['psnr_random_init']:.2f} | {r['device']} |")
-    if _OUT.value:
-        os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-        with open(_OUT.value, "w") as f:
-            json.dump(rows, f, indent=2)
-        print(f"\nwrote {_OUT.value}")
+    write_json(_OUT.value, rows)
 
 
 if __name__ == "__main__":

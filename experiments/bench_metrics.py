@@ -18,6 +18,8 @@ import time
 
 from absl import app, flags
 
+from experiments.common import write_json
+
 _SIZE = flags.DEFINE_integer("size", 4096, "Image side in pixels (square image).")
 _METRICS = flags.DEFINE_list("metrics", ["psnr", "ssim", "ms_ssim"], "Metrics to time.")
 _OUT = flags.DEFINE_string("out", "", "Write the results as JSON here (optional).")
@@ -63,15 +65,12 @@ def main(argv):
             print(out.stderr, file=sys.stderr)
             raise SystemExit(f"{metric} failed with exit code {out.returncode}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"| metric | size | value | seconds | peak RSS GiB | inputs GiB | device |")
-    print(f"|---|---|---|---|---|---|---|")
+    print("| metric | size | value | seconds | peak RSS GiB | inputs GiB | device |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['metric']} | {r['size']}x{r['size']} | {r['value']:.6f} | {r['seconds']:.1f} "
               f"| {r['peak_rss_gib']:.2f} | {r['inputs_gib']:.2f} | {r['device']} |")
-    if _OUT.value:
-        os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-        with open(_OUT.value, "w") as f:
-            json.dump(rows, f, indent=2)
+    write_json(_OUT.value, rows)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+
+from experiments.common import write_json
 
 from smartsplat_jax import params as P
 from smartsplat_jax.render import pair_count, render
@@ -136,11 +137,7 @@ def main(argv):
         print(f"| {r['width']}x{r['height']} | {r['cr']:g} | {r['n']} | {r['backend']} | "
               f"{r['device']} | {r['pairs'] or ''} | {r['fwd_ms']:.2f} | {r['fwd_bwd_ms']:.2f} | "
               f"{'' if buf is None else f'{buf:.3f}'} | {r['useful_per_s']:.3g} | {ratio} |")
-    if _OUT.value:
-        os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-        with open(_OUT.value, "w") as f:
-            json.dump(rows, f, indent=2)
-        print(f"\nwrote {_OUT.value}")
+    write_json(_OUT.value, rows)
 
 
 if __name__ == "__main__":

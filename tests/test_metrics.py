@@ -1,6 +1,5 @@
 """smartsplat_jax.metrics and losses.ssim against an independent float64 scipy oracle."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """smartsplat_jax.render: xla backend vs the dense reference, gradients, chunking, resizing."""
 
-import math
 
 import chex
 import jax

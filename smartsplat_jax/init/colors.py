@@ -11,11 +11,11 @@ Points are processed in chunks, so memory is O(chunk * 69) beyond the image.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from smartsplat_jax.init.grid import pow2_ceil
 
 __all__ = ["TAPS", "TAP_WEIGHTS", "bilinear", "weighted_median_colors"]
 
@@ -64,7 +64,7 @@ def weighted_median_colors(image: jax.Array, xy: np.ndarray, scale: np.ndarray, 
     scale = np.asarray(scale, np.float32).reshape(-1)
     n = xy.shape[0]
     out = np.empty((n, image.shape[2]), np.float32)
-    size = min(chunk, 1 << max(0, int(n - 1).bit_length()))
+    size = min(chunk, pow2_ceil(n))
     for c0 in range(0, n, size):
         idx = np.resize(np.arange(c0, min(c0 + size, n)), size)
         res = _chunk_median(image, jnp.asarray(xy[idx]), jnp.asarray(scale[idx]))

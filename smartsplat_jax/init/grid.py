@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["GridSpec", "BLOCK_3x3", "make_spec", "build", "max_occupancy", "neighbour_indices",
+__all__ = ["GridSpec", "BLOCK_3x3", "pow2_ceil", "make_spec", "build", "max_occupancy", "neighbour_indices",
            "ring_offsets"]
 
 _MAX_CELLS = (1 << 31) - 2
@@ -87,6 +87,11 @@ def max_occupancy(spec: GridSpec, sorted_ids: jax.Array) -> int:
     if sorted_ids.shape[0] == 0:
         return 0
     return int(_max_run(spec.traced(), sorted_ids))
+
+
+def pow2_ceil(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1): static sizes that rarely recompile."""
+    return 1 << max(0, int(n - 1).bit_length())
 
 
 def ring_offsets(radius: int) -> np.ndarray:

@@ -27,10 +27,6 @@ __all__ = ["K_NEIGHBOURS", "knn_scales"]
 K_NEIGHBOURS = 3
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, int(n - 1).bit_length())
-
-
 @functools.partial(jax.jit, static_argnames=("occ", "k"))
 def _ring(best, q_xy, q_idx, pts, sorted_ids, order, spec, offsets, occ: int, k: int):
     """Merges the points of the cells at `offsets` into each query's k-1 best squared distances."""
@@ -65,10 +61,10 @@ def knn_scales(xy: np.ndarray, query_index: np.ndarray, height: int, width: int,
     spec = G.make_spec(height, width, max(math.sqrt(height * width / m), 1e-3))
     pts = jnp.asarray(xy)
     sorted_ids, order = G.build(spec.traced(), pts, jnp.ones(m, bool))
-    occ = _pow2(max(1, G.max_occupancy(spec, sorted_ids)))
+    occ = G.pow2_ceil(max(1, G.max_occupancy(spec, sorted_ids)))
     kk = min(k, m)
     out = np.empty(nq, np.float32)
-    size = min(chunk, _pow2(nq))
+    size = min(chunk, G.pow2_ceil(nq))
     for c0 in range(0, nq, size):
         qi = np.resize(query_index[c0 : c0 + size], size)  # pad by repetition
         q_xy, q_idx = pts[qi], jnp.asarray(qi)

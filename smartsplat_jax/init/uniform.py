@@ -25,10 +25,6 @@ from smartsplat_jax.init import grid as G
 
 __all__ = ["sample_uniform_excluding"]
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, int(n - 1).bit_length())
-
-
 @functools.partial(jax.jit, static_argnames=("size", "occ_e", "occ_c"))
 def _round(key, pts, sorted_e, order_e, radius, spec: G.GridSpec, extent, size: int,
            occ_e: int, occ_c: int):
@@ -79,7 +75,7 @@ def sample_uniform_excluding(key: jax.Array, existing_xy: np.ndarray, n: int, he
     pts = np.zeros((v + n, 2), np.float32)
     pts[:v] = existing_xy
     filled = 0
-    size = min(round_size, _pow2(max(256, 2 * n)))
+    size = min(round_size, G.pow2_ceil(max(256, 2 * n)))
     r = float(radius)
     stalled = 0
     keys = jax.random.split(key, max_rounds + 1)
@@ -90,7 +86,7 @@ def sample_uniform_excluding(key: jax.Array, existing_xy: np.ndarray, n: int, he
         spec = G.make_spec(height, width, max(r, 1e-6))
         valid = np.arange(v + n) < v + filled
         sorted_e, order_e = G.build(spec.traced(), jnp.asarray(pts), jnp.asarray(valid))
-        occ_e = min(occ_cap, _pow2(max(1, G.max_occupancy(spec, sorted_e))))
+        occ_e = min(occ_cap, G.pow2_ceil(max(1, G.max_occupancy(spec, sorted_e))))
         cands, ok = _round(keys[rnd], jnp.asarray(pts), sorted_e, order_e, jnp.float32(r),
                            spec.traced(), jnp.asarray([width, height], jnp.float32), size=size,
                            occ_e=occ_e, occ_c=8)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from smartsplat_jax import params as P
 from smartsplat_jax.init import random_init, smart_init
