@@ -65,20 +65,26 @@ def _blur_valid_bwd(taps, _, g):
 _blur_valid.defvjp(_blur_valid_fwd, _blur_valid_bwd)
 
 
-def ssim_maps_valid(x: jnp.ndarray, y: jnp.ndarray):
+def ssim_maps_valid(x: jnp.ndarray, y: jnp.ndarray, *, y_is_constant: bool = False):
     """SSIM and contrast-structure maps with the 11x11, sigma 1.5 window, 'valid' extent.
 
     Args:
       x, y: [H, W, C] float arrays, data range 1, H, W >= 11.
+      y_is_constant: y needs no gradient (a training target). Then x's and y's statistics
+        are blurred as two stacks, so the backward pass blurs x's three alone; otherwise
+        all five go in one stack, which is faster without a backward pass (metrics).
 
     Returns:
       (ssim_map, cs_map): each [H - 10, W - 10, C].
     """
     taps = tuple(float(t) for t in gaussian_window())
-    # Two stacks, so that when only x needs a gradient (training: y is the target) the
-    # blur's backward runs on x's three statistics alone.
-    mu_x, e_xx, e_xy = jnp.split(_blur_valid(jnp.concatenate([x, x * x, x * y], -1), taps), 3, -1)
-    mu_y, e_yy = jnp.split(_blur_valid(jnp.concatenate([y, y * y], -1), taps), 2, -1)
+    if y_is_constant:
+        mu_x, e_xx, e_xy = jnp.split(_blur_valid(jnp.concatenate([x, x * x, x * y], -1), taps),
+                                     3, -1)
+        mu_y, e_yy = jnp.split(_blur_valid(jnp.concatenate([y, y * y], -1), taps), 2, -1)
+    else:
+        stats = _blur_valid(jnp.concatenate([x, y, x * x, y * y, x * y], -1), taps)
+        mu_x, mu_y, e_xx, e_yy, e_xy = jnp.split(stats, 5, -1)
     sxx = e_xx - mu_x * mu_x
     syy = e_yy - mu_y * mu_y
     sxy = e_xy - mu_x * mu_y

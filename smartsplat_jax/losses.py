@@ -18,10 +18,14 @@ __all__ = ["LAMBDA_L1", "ssim", "l1", "l2", "smartsplat_loss"]
 LAMBDA_L1 = 0.9
 
 
-def ssim(x: jax.Array, y: jax.Array) -> jax.Array:
-    """Mean SSIM of two [H, W, C] images in [0, 1], zero-padded 'same' (fused-ssim). Scalar."""
+def ssim(x: jax.Array, y: jax.Array, *, y_is_constant: bool = False) -> jax.Array:
+    """Mean SSIM of two [H, W, C] images in [0, 1], zero-padded 'same' (fused-ssim). Scalar.
+
+    y_is_constant: y is a target that needs no gradient (faster backward pass).
+    """
     pad = ((filters.HALF, filters.HALF), (filters.HALF, filters.HALF), (0, 0))
-    ssim_map, _ = filters.ssim_maps_valid(jnp.pad(x, pad), jnp.pad(y, pad))
+    ssim_map, _ = filters.ssim_maps_valid(jnp.pad(x, pad), jnp.pad(y, pad),
+                                          y_is_constant=y_is_constant)
     return jnp.mean(ssim_map)
 
 
@@ -44,4 +48,5 @@ def smartsplat_loss(rendered: jax.Array, target: jax.Array,
       target: [H, W, 3] the ground truth, in [0, 1].
       lambda_l1: weight of the L1 term, in [0, 1].
     """
-    return lambda_l1 * l1(rendered, target) + (1.0 - lambda_l1) * (1.0 - ssim(rendered, target))
+    ssim_value = ssim(rendered, target, y_is_constant=True)
+    return lambda_l1 * l1(rendered, target) + (1.0 - lambda_l1) * (1.0 - ssim_value)

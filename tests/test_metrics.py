@@ -107,8 +107,10 @@ def test_ssim_synthetic_sizes(shape):
     a = rng.random(shape + (3,)).astype(np.float32)
     b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1).astype(np.float32)
     assert abs(metrics.ssim(a, b) - ref_ssim(a, b)) < 1e-4
-    # The training loss's SSIM is the same function.
-    assert abs(float(losses.ssim(jnp.asarray(a), jnp.asarray(b))) - ref_ssim(a, b)) < 1e-4
+    # The training loss's SSIM is the same function, with either blur layout.
+    for constant in (False, True):
+        got = float(losses.ssim(jnp.asarray(a), jnp.asarray(b), y_is_constant=constant))
+        assert abs(got - ref_ssim(a, b)) < 1e-4
 
 
 def test_banding_does_not_change_results(monkeypatch):
