@@ -93,7 +93,9 @@ def main(argv):
     for r in rows:
         st = r["stages_s"]
         print(f"| {r['image']} | {r['width']}x{r['height']} | {r['cr']:g} | {r['n']} | "
-              f"{r['first_call_s']:.2f} | {r['median_s']:.3f} | {st['variational_s']:.3f} | "
+              f"{r['first_call_s']:.2f} | "
+              f"{'n/a' if r['median_s'] is None else format(r['median_s'], '.3f')} | "
+              f"{st['variational_s']:.3f} | "
               f"{st['uniform_s']:.3f} | {st['knn_s']:.3f} | {st['colors_s']:.3f} | "
               f"{r['peak_rss_gib']:.2f} | {r['psnr_smart_init']:.2f} | "
               f"{r['psnr_random_init']:.2f} | {r['device']} |")

@@ -1,0 +1,38 @@
+"""Smoke tests of the benchmark launchers on tiny inputs (they must not rot)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args):
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def test_bench_render_writes_rows(tmp_path):
+    out = _run(["experiments.bench_render", "--sizes=40x24@5", "--repeats=1",
+                f"--out={tmp_path / 'r.json'}"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert {r["backend"] for r in rows} == {"xla", "reference"}
+    assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 for r in rows)
+    assert "| 40x24 | 5 |" in out.stdout
+
+
+def test_bench_init_writes_rows(tmp_path):
+    img = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), np.uint8)).save(img)
+    out = _run(["experiments.bench_init", f"--images={img}", "--crs=10", "--repeats=0",
+                f"--out={tmp_path / 'i.json'}"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "i.json").read_text())
+    assert row["n"] == (3 * 40 * 56) // 70 and row["median_s"] is None
+    assert row["psnr_smart_init"] > 0
