@@ -20,25 +20,33 @@ W_MIN = 1e-8
 
 
 def gradient_magnitude(tile: jax.Array) -> jax.Array:
-    """[h, w, C] image tile -> [h, w] mean over channels of |Sobel gradient| (edge-replicated)."""
-    p = jnp.pad(tile, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    """[h, w, C] image tile -> [h, w] mean over channels of |Sobel gradient| (edge-replicated).
+
+    Separable Sobel: smooth (1, 2, 1) along one axis, difference (-1, 0, 1) along the other.
+    The barriers keep XLA from re-fusing the smoothing into each difference tap.
+    """
     h, w = tile.shape[:2]
-    s = lambda dy, dx: p[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-    gx = (s(-1, 1) + 2.0 * s(0, 1) + s(1, 1)) - (s(-1, -1) + 2.0 * s(0, -1) + s(1, -1))
-    gy = (s(1, -1) + 2.0 * s(1, 0) + s(1, 1)) - (s(-1, -1) + 2.0 * s(-1, 0) + s(-1, 1))
+    p = jnp.pad(tile, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    down = jax.lax.optimization_barrier(p[0:h] + 2.0 * p[1 : h + 1] + p[2 : h + 2])  # [h, w+2, C]
+    across = jax.lax.optimization_barrier(p[:, 0:w] + 2.0 * p[:, 1 : w + 1] + p[:, 2 : w + 2])
+    gx = down[:, 2:] - down[:, :-2]
+    gy = across[2:] - across[:-2]
     return jnp.mean(jnp.sqrt(gx * gx + gy * gy), axis=-1)
 
 
 def local_variance(tile: jax.Array, radius: int = 2) -> jax.Array:
-    """[h, w, C] tile -> [h, w] mean over channels of the (2r+1)^2-neighbourhood variance."""
+    """[h, w, C] tile -> [h, w] mean over channels of the (2r+1)^2-neighbourhood variance.
+
+    Box sums of x and x^2 in one stack, rows then columns, with a barrier between the two
+    passes (without it XLA recomputes the row sums in every column tap: 2.6x slower on CPU).
+    """
     k = 2 * radius + 1
-    h, w = tile.shape[:2]
+    h, w, c = tile.shape
     p = jnp.pad(tile, ((radius, radius), (radius, radius), (0, 0)), mode="edge")
-    p2 = p * p
-    box = lambda a: sum(a[:, j : j + w] for j in range(k))
-    rows = lambda a: sum(a[i : i + h] for i in range(k))
-    mean = box(rows(p)) / (k * k)
-    mean_sq = box(rows(p2)) / (k * k)
+    stack = jnp.concatenate([p, p * p], axis=-1)
+    rows = jax.lax.optimization_barrier(sum(stack[i : i + h] for i in range(k)))
+    box = sum(rows[:, j : j + w] for j in range(k)) / (k * k)
+    mean, mean_sq = box[..., :c], box[..., c:]
     return jnp.mean(jnp.maximum(mean_sq - mean * mean, 0.0), axis=-1)
 
 
