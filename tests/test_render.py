@@ -190,3 +190,20 @@ def test_render_jits_with_static_size_and_empty_params():
     empty = P.GaussianParams.create(means=np.zeros((0, 2)), scales=np.zeros((0, 2)),
                                     colors=np.zeros((0, 3)))
     assert float(jnp.sum(render(empty, 5, 5))) == 0.0
+
+
+def test_public_functions_shapes_and_dtypes():
+    p = scene(4, 30, 12, 20, extras=False)
+    n = p.means.shape[0]
+    proj = X.project(p, 12, 20, tile=4)
+    chex.assert_shape(proj.feats, (n, X.NUM_FEATURES))
+    chex.assert_type(proj.feats, jnp.float32)
+    chex.assert_shape([proj.tx0, proj.ty0, proj.wx, proj.counts], (n,))
+    chex.assert_type([proj.tx0, proj.ty0, proj.wx, proj.counts], jnp.int32)
+    for img in (render_xla(p, 12, 20), render_reference(p, 12, 20), render(p, 12, 20)):
+        chex.assert_shape(img, (12, 20, 3))
+        chex.assert_type(img, jnp.float32)
+        assert float(jnp.min(img)) >= 0.0 and float(jnp.max(img)) <= 1.0
+    q = rescale_params(p, (12, 20), (24, 30))
+    chex.assert_trees_all_equal_shapes_and_dtypes(q, p)
+    assert isinstance(pair_count(p, 12, 20), int) and pair_count(p, 12, 20) == int(proj.counts.sum())
