@@ -107,12 +107,14 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
     params0, info = initialize(method, jax.random.PRNGKey(seed), image, n)
     jax.block_until_ready(params0)
     init_seconds = time.perf_counter() - t0
-    init_psnr = metrics.psnr(render(params0, h, w, backend=config.backend), image)
-    if visualize:
+    if visualize:  # renders the initialization once, for the pictures and its PSNR
         from smartsplat_jax.viz import save_init_visualization
 
-        save_init_visualization(out, image, params0, info if method == "smartsplat" else
-                                {"num_variational": 0}, max_points=20000)
+        init_psnr = save_init_visualization(
+            out, image, params0, info if method == "smartsplat" else {"num_variational": 0},
+            max_points=20000)["psnr"]
+    else:
+        init_psnr = metrics.psnr(render(params0, h, w, backend=config.backend), image)
 
     params, history = fit(image, params0, config, workdir=out, resume=resume, progress=progress)
     rendered = np.asarray(render(params, h, w, backend=config.backend))

@@ -24,7 +24,7 @@ from smartsplat_jax import params as P
 from smartsplat_jax.init import colors as C
 from smartsplat_jax.init import features, knn, tiles, uniform, variational
 
-__all__ = ["LAMBDA_G", "smart_init", "random_init", "check_image"]
+__all__ = ["LAMBDA_G", "smart_init", "random_init", "check_image", "check_num_gaussians"]
 
 LAMBDA_G = 0.7
 
@@ -39,7 +39,8 @@ def check_image(image) -> jax.Array:
     return jnp.asarray(arr, jnp.float32)
 
 
-def _check_n(num_gaussians, height: int, width: int) -> int:
+def check_num_gaussians(num_gaussians, height: int, width: int) -> int:
+    """Validates N for an H x W image (an integer in [1, H*W]) and returns it as int."""
     if isinstance(num_gaussians, bool) or not isinstance(num_gaussians, (int, np.integer)):
         raise ValueError(f"num_gaussians={num_gaussians!r} must be an integer")
     if not 1 <= num_gaussians <= height * width:
@@ -79,7 +80,7 @@ def smart_init(key: jax.Array, image, num_gaussians: int, *, lambda_g: float = L
     """
     img = check_image(image)
     height, width = int(img.shape[0]), int(img.shape[1])
-    n = _check_n(num_gaussians, height, width)
+    n = check_num_gaussians(num_gaussians, height, width)
     for name, v in (("lambda_g", lambda_g), ("lambda_m", lambda_m)):
         if not 0.0 <= float(v) <= 1.0:
             raise ValueError(f"{name}={v} must be in [0, 1]")
@@ -132,7 +133,7 @@ def random_init(key: jax.Array, image, num_gaussians: int) -> tuple[P.GaussianPa
     colours read (bilinearly) from the image at the means."""
     img = check_image(image)
     height, width = int(img.shape[0]), int(img.shape[1])
-    n = _check_n(num_gaussians, height, width)
+    n = check_num_gaussians(num_gaussians, height, width)
     base = variational.s_base(height, width, n)
     xy = jax.random.uniform(key, (n, 2)) * jnp.asarray([width, height], jnp.float32)
     cols = C.bilinear(img, xy)

@@ -6,7 +6,7 @@ import jax
 
 from smartsplat_jax import params as P
 from smartsplat_jax.init import random_init, smart_init
-from smartsplat_jax.init.smart import check_image
+from smartsplat_jax.init.smart import check_image, check_num_gaussians
 from smartsplat_jax.train.config import METHODS
 
 __all__ = ["initialize", "gaussianimage_init"]
@@ -17,9 +17,7 @@ def gaussianimage_init(key: jax.Array, image, num_gaussians: int) -> tuple[P.Gau
     activation |raw + 0.5| px (stored here as raw + 0.5 under our |.|, the same function and
     gradients); raw rotation U(0, 1); colours U(0, 1); opacity 1."""
     img = check_image(image)
-    n = int(num_gaussians)
-    if not 1 <= n <= img.shape[0] * img.shape[1]:
-        raise ValueError(f"num_gaussians={n} must be in [1, H*W]")
+    n = check_num_gaussians(num_gaussians, int(img.shape[0]), int(img.shape[1]))
     k1, k2, k3, k4 = jax.random.split(key, 4)
     params = P.GaussianParams.create(
         means=jax.random.uniform(k1, (n, 2), minval=-1.0, maxval=1.0),
