@@ -1,19 +1,26 @@
-"""Fit one image end to end and write every output: the work behind `experiments.fit`.
+"""Compress and decompress images end to end: the work behind `smartsplat` and `experiments.fit`.
+
+  data, result = compress_image("photo.png", cr=20, steps=2000)   # .ssplat bytes + metrics
+  image = decompress(data, width=1920)                            # [H', W', 3] float render
 
 run_fit(image_path, workdir, cr=..., method=..., steps=...) loads the image, initializes N
-Gaussians with the method's initialization, trains them, and writes to `workdir`:
-  recon.png        the reconstruction (float render at full resolution, 8-bit PNG)
-  params.npz       the trained raw parameters (+ height, width)
+Gaussians with the method's initialization, trains them, fine-tunes them for quantization,
+encodes the file and writes to `workdir`:
+  image.ssplat     the compressed file (its size defines the real compression ratio)
+  recon.png        the decoded file rendered at full resolution (what a user gets), 8-bit PNG
+  params.npz       the trained float raw parameters before quantization (+ height, width)
   metrics.json     psnr, ssim, ms_ssim, num_gaussians, steps, train_seconds, height, width,
                    cr, method, backend, device, jax_version, and more (see `run_fit`)
   curve.png        training loss and PSNR against the step
   init_*.png       the initialization: weights, points, render (with its PSNR)
   checkpoints/     training checkpoints (resume with resume=True)
-Metrics are computed on the float render at full resolution (banded, bounded memory).
+Metrics are those of the decoded file (psnr, ssim, ms_ssim), plus psnr_float of the float
+parameters before quantization; all at full resolution (banded, bounded memory).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -23,13 +30,97 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from smartsplat_jax import codec
 from smartsplat_jax import io as sio
 from smartsplat_jax import metrics
 from smartsplat_jax import params as P
-from smartsplat_jax.render import render, resolve_backend
-from smartsplat_jax.train import config_for_method, fit, initialize
+from smartsplat_jax.codec.rate import LADDER, byte_budget, fit_budget, spec_for_budget
+from smartsplat_jax.render import output_size, render, rescale_params, resolve_backend
+from smartsplat_jax.train import config_for_method, fit, initialize, quantization_finetune
+from smartsplat_jax.train.config import FitConfig
 
-__all__ = ["run_fit", "save_params", "load_params", "check_workdir"]
+__all__ = ["run_fit", "compress_image", "encode_fitted", "decompress", "default_qat_steps",
+           "save_params", "load_params", "check_workdir"]
+
+
+def default_qat_steps(steps: int) -> int:
+    """Quantization fine-tuning steps added after `steps` training steps: 10 %, 20..1000."""
+    return int(min(max(steps // 10, 20), 1000))
+
+
+def encode_fitted(image, params: P.GaussianParams, config: FitConfig, cr: float, *,
+                  qat_steps: int, progress: bool = False) -> tuple[bytes, dict]:
+    """Fine-tunes trained float params for quantization and encodes them within the budget.
+
+    The budget is floor(3 H W / CR) bytes. The most precise `codec.rate.LADDER` rung whose
+    encoding of the float params fits is chosen, the params are fine-tuned for it
+    (`quantization_finetune`, `qat_steps`), and the result is encoded; if fine-tuning grew the
+    file past the budget, coarser rungs are tried with the same ranges.
+
+    Returns:
+      (data, info): the .ssplat bytes and {"budget_bytes", "file_bytes", "fits_budget",
+      "quant" (the spec as a dict), "rung", "qat_steps", "qat_seconds" (choosing the
+      rung and fine-tuning), "encode_seconds" (the final encoding)}.
+    """
+    h, w = int(image.shape[0]), int(image.shape[1])
+    budget = byte_budget(h, w, cr)
+    t0 = time.perf_counter()
+    rung, spec = spec_for_budget(params, h, w, budget)
+    params_q, qinfo = quantization_finetune(image, params, spec, config, qat_steps,
+                                            progress=progress)
+    t1 = time.perf_counter()
+    spec, data, fits = fit_budget(params_q, h, w, budget, start=rung, ranges_from=spec)
+    t2 = time.perf_counter()
+    rung = LADDER.index((spec.pos_frac_bits, spec.scale_bits, spec.angle_bits, spec.color_bits))
+    return data, {"budget_bytes": budget, "file_bytes": len(data), "fits_budget": fits,
+                  "quant": dataclasses.asdict(spec), "rung": rung, "qat_steps": qinfo["steps"],
+                  "qat_seconds": t1 - t0, "encode_seconds": t2 - t1}
+
+
+def decompress(data: bytes, *, width: int | None = None, height: int | None = None,
+               scale: float | None = None, backend: str = "auto") -> np.ndarray:
+    """Renders a .ssplat file at its size or another (see `render.output_size`).
+
+    Returns:
+      [H', W', 3] float32 image in [0, 1].
+
+    Raises:
+      CodecError: the bytes are not a valid file; ValueError: bad size options.
+    """
+    params, h, w = codec.decode(data)
+    oh, ow = output_size(h, w, out_width=width, out_height=height, scale=scale)
+    if (oh, ow) != (h, w):
+        params = rescale_params(params, (h, w), (oh, ow))
+    return np.asarray(render(params, oh, ow, backend=backend))
+
+
+def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
+                   method: str = "smartsplat", steps: int = 1000, qat_steps: int | None = None,
+                   backend: str = "auto", seed: int = 0, progress: bool = True,
+                   **overrides) -> tuple[bytes, dict]:
+    """Compresses an image file to .ssplat bytes (no files written).
+
+    Returns:
+      (data, result): the file's bytes and a dict with height, width, num_gaussians,
+      file_bytes, actual_cr, psnr (of the decoded file), psnr_float and timings.
+    """
+    config = config_for_method(method, steps=steps, backend=backend, **overrides)
+    image = sio.load_image(image_path)
+    h, w = image.shape[:2]
+    n = P.num_gaussians(h, w, cr)
+    qat_steps = default_qat_steps(steps) if qat_steps is None else qat_steps
+    t0 = time.perf_counter()
+    params0, _ = initialize(method, jax.random.PRNGKey(seed), image, n)
+    params, history = fit(image, params0, config, progress=progress)
+    psnr_float = metrics.psnr(render(params, h, w, backend=config.backend), image)
+    data, enc = encode_fitted(image, params, config, cr, qat_steps=qat_steps, progress=progress)
+    decoded, _, _ = codec.decode(data)
+    result = {"image": str(image_path), "height": h, "width": w, "cr": float(cr),
+              "method": method, "num_gaussians": n, "steps": steps,
+              "psnr": metrics.psnr(render(decoded, h, w, backend=config.backend), image),
+              "psnr_float": psnr_float, "actual_cr": 3 * h * w / len(data),
+              "bytes_per_gaussian": len(data) / n, "seconds": time.perf_counter() - t0, **enc}
+    return data, result
 
 
 def check_workdir(workdir: str | os.PathLike) -> Path:
@@ -76,7 +167,7 @@ def _curve(history: dict) -> "object":
 def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: float = 20.0,
             method: str = "smartsplat", steps: int = 2000, backend: str = "auto",
             seed: int = 0, resume: bool = False, progress: bool = True,
-            visualize: bool = True, **overrides) -> dict:
+            visualize: bool = True, qat_steps: int | None = None, **overrides) -> dict:
     """Compresses one image with `method` and writes the outputs listed in the module doc.
 
     Args:
@@ -88,6 +179,7 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
       backend: renderer backend.
       seed: PRNG seed of the initialization.
       resume: continue from workdir/checkpoints.
+      qat_steps: quantization fine-tuning steps after training (None: `default_qat_steps`).
       overrides: further FitConfig fields (lambda_l1, lr_*, chunk_steps, eval_every, ...).
 
     Returns:
@@ -117,7 +209,13 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
         init_psnr = metrics.psnr(render(params0, h, w, backend=config.backend), image)
 
     params, history = fit(image, params0, config, workdir=out, resume=resume, progress=progress)
-    rendered = np.asarray(render(params, h, w, backend=config.backend))
+    psnr_float = metrics.psnr(render(params, h, w, backend=config.backend), image)
+    qat_steps = default_qat_steps(config.steps) if qat_steps is None else qat_steps
+    data, enc = encode_fitted(image, params, config, cr, qat_steps=qat_steps, progress=progress)
+    t0 = time.perf_counter()
+    decoded, _, _ = codec.decode(data)
+    rendered = np.asarray(render(decoded, h, w, backend=config.backend))
+    decode_seconds = time.perf_counter() - t0
     try:
         ms = metrics.ms_ssim(rendered, image)
         ms_note = None
@@ -127,7 +225,10 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
         "image": str(image_path), "height": h, "width": w, "cr": float(cr), "method": method,
         "num_gaussians": n, "steps": config.steps, "seed": seed,
         "psnr": metrics.psnr(rendered, image), "ssim": metrics.ssim(rendered, image),
-        "ms_ssim": ms, "ms_ssim_note": ms_note, "init_psnr": init_psnr,
+        "ms_ssim": ms, "ms_ssim_note": ms_note, "psnr_float": psnr_float,
+        "file_bytes": len(data), "actual_cr": 3 * h * w / len(data),
+        "bytes_per_gaussian": len(data) / n, "decode_seconds": decode_seconds, **enc,
+        "init_psnr": init_psnr,
         "init_seconds": init_seconds, "train_seconds": history["train_seconds"],
         "compile_seconds": history["compile_seconds"],
         # Steady-state rate (compilation excluded); None after a resume, whose timing is split.
@@ -138,6 +239,7 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
         "loss": config.loss, "device": str(jax.devices()[0].device_kind),
         "platform": jax.default_backend(), "jax_version": jax.__version__,
     }
+    sio.atomic_write_bytes(out / "image.ssplat", data)
     sio.save_image(out / "recon.png", rendered, overwrite=True)
     save_params(out / "params.npz", params, h, w)
     buf = io.BytesIO()

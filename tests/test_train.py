@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from smartsplat_jax import load_image, metrics, num_gaussians, save_image
+from smartsplat_jax import codec, load_image, metrics, num_gaussians, save_image
 from smartsplat_jax import params as P
 from smartsplat_jax.pipeline import load_params
 from smartsplat_jax.render import render
@@ -116,16 +116,25 @@ def test_fit_launcher_end_to_end(small_photo, tmp_path):
                 "--config.chunk_steps=10", "--config.eval_every=10"])
     assert out.returncode == 0, out.stderr[-3000:]
     assert "PSNR" in out.stdout
-    for name in ("recon.png", "params.npz", "metrics.json", "curve.png", "history.json",
-                 "init_weights.png", "init_points.png", "init_render.png"):
+    assert "real CR" in out.stdout
+    for name in ("image.ssplat", "recon.png", "params.npz", "metrics.json", "curve.png",
+                 "history.json", "init_weights.png", "init_points.png", "init_render.png"):
         assert (work / name).is_file(), name
     m = json.loads((work / "metrics.json").read_text())
     for key in ("psnr", "ssim", "ms_ssim", "num_gaussians", "steps", "train_seconds", "height",
-                "width", "cr", "method", "backend", "device", "jax_version"):
+                "width", "cr", "method", "backend", "device", "jax_version", "psnr_float",
+                "file_bytes", "actual_cr", "qat_steps", "decode_seconds"):
         assert key in m, key
     params, h, w = load_params(work / "params.npz")
     assert (h, w) == img.shape[:2] and m["num_gaussians"] == params.means.shape[0]
-    rendered = render(params, h, w)
+    assert m["psnr_float"] == pytest.approx(metrics.psnr(render(params, h, w), img), abs=1e-6)
+    data = (work / "image.ssplat").read_bytes()
+    assert m["file_bytes"] == len(data) <= 3 * h * w / 15 and m["fits_budget"]
+    assert m["actual_cr"] == pytest.approx(3 * h * w / len(data))
+    assert m["qat_steps"] == 20  # the default minimum
+    decoded, dh, dw = codec.decode(data)
+    assert (dh, dw) == (h, w) and decoded.num == params.num
+    rendered = render(decoded, h, w)  # what the user gets
     assert m["psnr"] == pytest.approx(metrics.psnr(rendered, img), abs=1e-6)
     assert m["ssim"] == pytest.approx(metrics.ssim(rendered, img), abs=1e-6)
     assert m["ms_ssim"] is None and "160" in m["ms_ssim_note"]  # 96 px: too small for MS-SSIM
@@ -156,11 +165,19 @@ def test_fit_launcher_unwritable_workdir(small_photo, tmp_path):
 def test_benchmark_launcher_resumes(small_photo, tmp_path):
     path, _ = small_photo
     args = ["experiments.benchmark", f"--images={path}", "--crs=20", "--methods=smartsplat,random",
-            "--steps=10", f"--out_dir={tmp_path}"]
+            "--steps=10", f"--out_dir={tmp_path}", "--classic=jpeg,webp"]
     first = _run(args)
     assert first.returncode == 0, first.stderr[-3000:]
     data = json.loads((tmp_path / "results.json").read_text())
-    assert len(data["cells"]) == 2 and {m["method"] for m in data["means"]} == {"smartsplat", "random"}
+    methods = {m["method"] for m in data["means"]}
+    assert len(data["cells"]) == 4
+    assert methods == {"smartsplat", "random", "jpeg@equal-bytes", "webp@equal-bytes"}
+    ours = next(r for r in data["cells"] if r["method"] == "smartsplat")
+    assert ours["quant_drop"] == pytest.approx(ours["psnr_float"] - ours["psnr"])
+    for r in data["cells"]:
+        if r["method"].endswith("equal-bytes"):  # at most the .ssplat file's size
+            assert r["file_bytes"] is None or r["file_bytes"] <= ours["file_bytes"]
+            assert r["file_bytes"] is None or 5 < r["psnr"] < 60
     assert (tmp_path / "results.md").is_file() and (tmp_path / "results.csv").is_file()
     again = _run(args)
     assert again.returncode == 0 and again.stdout.count("skip (done)") == 2

@@ -16,10 +16,10 @@ import jax
 
 from smartsplat_jax import params as P
 from smartsplat_jax.render.reference import render_reference
-from smartsplat_jax.render.resize import rescale_params
+from smartsplat_jax.render.resize import output_size, rescale_params
 from smartsplat_jax.render.xla import DEFAULT_TILE, pair_count, project, render_xla
 
-__all__ = ["BACKENDS", "render", "render_reference", "render_xla", "rescale_params",
+__all__ = ["BACKENDS", "output_size", "render", "render_reference", "render_xla", "rescale_params",
            "pair_count", "project", "resolve_backend"]
 
 BACKENDS = ("auto", "xla", "reference")

@@ -14,7 +14,42 @@ import jax.numpy as jnp
 
 from smartsplat_jax import params as P
 
-__all__ = ["rescale_params"]
+__all__ = ["rescale_params", "output_size"]
+
+
+def output_size(height: int, width: int, *, out_width: int | None = None,
+                out_height: int | None = None, scale: float | None = None,
+                max_side: int = 65_536) -> tuple[int, int]:
+    """The (height, width) to render an image fitted at height x width px.
+
+    Give at most one of: `scale` (both sides times scale, rounded, at least 1 px), or
+    `out_width` and/or `out_height` (one alone keeps the aspect ratio, rounded; both set the
+    size exactly). Nothing given: the original size.
+
+    Raises:
+      ValueError: conflicting or invalid options, or a side outside [1, max_side] px.
+    """
+    if scale is not None and (out_width is not None or out_height is not None):
+        raise ValueError("give either scale or width/height, not both")
+    for name, v in (("width", out_width), ("height", out_height)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= max_side):
+            raise ValueError(f"{name}={v!r} must be an integer number of pixels in [1, {max_side}]")
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0 < scale < float("inf")):
+            raise ValueError(f"scale={scale!r} must be a finite number > 0")
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    elif out_width is not None and out_height is not None:
+        size = (out_height, out_width)
+    elif out_width is not None:
+        size = (max(1, round(height * out_width / width)), out_width)
+    elif out_height is not None:
+        size = (out_height, max(1, round(width * out_height / height)))
+    else:
+        size = (height, width)
+    if max(size) > max_side:
+        raise ValueError(f"output size {size[1]}x{size[0]} px exceeds the limit of {max_side} px "
+                         "per side; use a smaller scale")
+    return size
 
 
 def rescale_params(params: P.GaussianParams, src_hw: tuple[int, int],

@@ -5,9 +5,10 @@
 """
 
 from smartsplat_jax.train.config import METHODS, FitConfig, config_for_method
-from smartsplat_jax.train.loop import TrainingDiverged, fit, loss_value
+from smartsplat_jax.train.finetune import quantization_finetune
+from smartsplat_jax.train.loop import TrainingDiverged, effective_params, fit, loss_value
 from smartsplat_jax.train.methods import initialize
 from smartsplat_jax.train.optim import make_optimizer
 
-__all__ = ["METHODS", "FitConfig", "config_for_method", "TrainingDiverged", "fit", "loss_value",
-           "initialize", "make_optimizer"]
+__all__ = ["METHODS", "FitConfig", "config_for_method", "TrainingDiverged", "effective_params", "fit",
+           "loss_value", "initialize", "make_optimizer", "quantization_finetune"]

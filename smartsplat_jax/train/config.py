@@ -28,6 +28,8 @@ class FitConfig:
       chunk_steps: steps per compiled lax.scan chunk (no host round trip inside a chunk).
       eval_every: evaluate PSNR/SSIM of the float render every this many steps (0: never).
       checkpoint_every: write a checkpoint every this many steps (0: only at the end).
+      quant: a `codec.QuantSpec` for quantization-aware training: the loss sees the render of
+        the quantized parameters (straight-through gradients). None trains in float.
     """
 
     steps: int = 50_000
@@ -44,6 +46,7 @@ class FitConfig:
     chunk_steps: int = 100
     eval_every: int = 1000
     checkpoint_every: int = 1000
+    quant: object = None
 
     def validate(self) -> "FitConfig":
         """Raises ValueError naming the field, its value and the accepted range."""
@@ -67,7 +70,13 @@ class FitConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name}={v!r} must be a finite number >= 0")
+        from smartsplat_jax.codec.quantize import QuantSpec
         from smartsplat_jax.render import BACKENDS
+
+        if self.quant is not None:
+            if not isinstance(self.quant, QuantSpec):
+                raise ValueError(f"quant={self.quant!r} must be a codec.QuantSpec or None")
+            self.quant.check()
 
         if self.backend not in BACKENDS:
             raise ValueError(f"backend={self.backend!r} must be one of {', '.join(BACKENDS)}")

@@ -23,6 +23,7 @@ import optax
 from smartsplat_jax import losses
 from smartsplat_jax import metrics
 from smartsplat_jax import params as P
+from smartsplat_jax.codec.quantize import fake_quantize
 from smartsplat_jax.init.smart import check_image
 from smartsplat_jax.render import render
 from smartsplat_jax.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -30,17 +31,25 @@ from smartsplat_jax.train.config import FitConfig
 from smartsplat_jax.train.optim import make_optimizer
 from smartsplat_jax.train.progress import Progress
 
-__all__ = ["TrainingDiverged", "fit", "loss_value"]
+__all__ = ["TrainingDiverged", "effective_params", "fit", "loss_value"]
 
 
 class TrainingDiverged(FloatingPointError):
     """The loss or the parameters became NaN or infinite."""
 
 
+def effective_params(params: P.GaussianParams, config: FitConfig, height: int,
+                     width: int) -> P.GaussianParams:
+    """The parameters the loss renders: quantized (straight-through) when config.quant is set."""
+    if config.quant is None:
+        return params
+    return fake_quantize(params, config.quant, height, width)
+
+
 def loss_value(params: P.GaussianParams, image: jax.Array, config: FitConfig):
     """(loss, mse) of the render of `params` against `image` [H, W, 3] under `config`."""
     h, w = image.shape[:2]
-    rendered = render(params, h, w, backend=config.backend)
+    rendered = render(effective_params(params, config, h, w), h, w, backend=config.backend)
     mse = jnp.mean(jnp.square(rendered - image))
     if config.loss == "l2":
         return mse, mse
@@ -151,7 +160,8 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, workdir: str | Pa
         history["train_psnr"].append(_psnr_from_mse(float(mse[-1])))
         extra = ""
         if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
-            rendered = render(params, h, w, backend=config.backend)
+            rendered = render(effective_params(params, config, h, w), h, w,
+                              backend=config.backend)
             ev = {"step": step, "psnr": metrics.psnr(rendered, img),
                   "ssim": metrics.ssim(rendered, img)}
             history["eval"].append(ev)

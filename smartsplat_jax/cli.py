@@ -1,0 +1,146 @@
+"""The `smartsplat` command: compress images to .ssplat files, decompress them, inspect them.
+
+  smartsplat compress photo.png photo.ssplat --cr=20 [--steps=1000] [--method=smartsplat]
+  smartsplat decompress photo.ssplat out.png [--width=W] [--height=H] [--scale=F]
+  smartsplat info photo.ssplat
+
+Also `python -m smartsplat_jax ...`. Errors print one line on stderr and exit with status 1
+(2 for bad command-line usage); outputs are written atomically, so a failed run leaves no
+partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    from smartsplat_jax.train.config import METHODS
+
+    p = argparse.ArgumentParser(prog="smartsplat", description=(
+        "Compress images into 2D Gaussians (SmartSplat) and decode them at any size."))
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    c = sub.add_parser("compress", help="image file -> .ssplat file")
+    c.add_argument("input", help="image (PNG, JPEG, WebP, TIFF; 8/16-bit; grey, RGB, RGBA)")
+    c.add_argument("output", help="the .ssplat file to write")
+    c.add_argument("--cr", type=float, required=True,
+                   help="target compression ratio: the file has at most 3*H*W/CR bytes")
+    c.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
+    c.add_argument("--qat-steps", type=int, default=None,
+                   help="quantization fine-tuning steps (default: 10%% of --steps, 20..1000)")
+    c.add_argument("--method", default="smartsplat", choices=METHODS)
+    c.add_argument("--backend", default="auto", help="renderer: auto | xla | reference")
+    c.add_argument("--seed", type=int, default=0, help="PRNG seed of the initialization")
+    c.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    c.add_argument("--quiet", action="store_true", help="no progress output")
+    d = sub.add_parser("decompress", help=".ssplat file -> image file (PNG, TIFF, ...)")
+    d.add_argument("input", help="the .ssplat file")
+    d.add_argument("output", help="image to write; the extension picks the format")
+    d.add_argument("--width", type=int, default=None,
+                   help="output width in px (keeps the aspect ratio unless --height is given)")
+    d.add_argument("--height", type=int, default=None,
+                   help="output height in px (keeps the aspect ratio unless --width is given)")
+    d.add_argument("--scale", type=float, default=None, help="scale both sides by this factor")
+    d.add_argument("--bit-depth", type=int, default=8, choices=(8, 16),
+                   help="bits per channel of the output (16: PNG or TIFF)")
+    d.add_argument("--backend", default="auto", help="renderer: auto | xla | reference")
+    d.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    i = sub.add_parser("info", help="print what a .ssplat file holds")
+    i.add_argument("input", help="the .ssplat file")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise OSError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _check_output(path: str, force: bool) -> None:
+    if os.path.exists(path) and not force:
+        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"cannot write {path}: folder {parent} does not exist")
+
+
+def _compress(args) -> int:
+    from smartsplat_jax import io as sio
+    from smartsplat_jax.pipeline import compress_image
+
+    _check_output(args.output, args.force)
+    data, r = compress_image(args.input, cr=args.cr, method=args.method, steps=args.steps,
+                             qat_steps=args.qat_steps, backend=args.backend, seed=args.seed,
+                             progress=not args.quiet)
+    sio.atomic_write_bytes(args.output, data, overwrite=args.force)
+    note = "" if r["fits_budget"] else (
+        f" (over the {r['budget_bytes']}-byte budget even at the coarsest quantization)")
+    print(f"{args.output}: {r['width']}x{r['height']}, N={r['num_gaussians']}, "
+          f"{r['file_bytes']} bytes ({r['bytes_per_gaussian']:.2f} B/Gaussian), real CR "
+          f"{r['actual_cr']:.2f}{note}; PSNR {r['psnr']:.2f} dB (float {r['psnr_float']:.2f}); "
+          f"{r['seconds']:.1f} s")
+    return 0
+
+
+def _decompress(args) -> int:
+    from smartsplat_jax import io as sio
+    from smartsplat_jax.pipeline import decompress
+
+    _check_output(args.output, args.force)
+    t0 = time.perf_counter()
+    image = decompress(_read(args.input), width=args.width, height=args.height,
+                       scale=args.scale, backend=args.backend)
+    sio.save_image(args.output, image, bit_depth=args.bit_depth, overwrite=args.force)
+    print(f"{args.output}: {image.shape[1]}x{image.shape[0]} px, "
+          f"{time.perf_counter() - t0:.2f} s")
+    return 0
+
+
+def _info(args) -> int:
+    from smartsplat_jax import codec
+
+    info = codec.read_info(_read(args.input))
+    if args.json:
+        print(json.dumps(info.as_dict(), indent=2))
+        return 0
+    s = info.spec
+    print(f"{args.input}: .ssplat version {info.version}\n"
+          f"  image size   {info.width}x{info.height} px\n"
+          f"  Gaussians    {info.num_gaussians}\n"
+          f"  file size    {info.file_bytes} bytes, {info.bytes_per_gaussian:.3f} bytes/Gaussian\n"
+          f"  real CR      {info.compression_ratio:.2f} (raw 8-bit RGB / file)\n"
+          f"  quantization positions 1/{1 << s.pos_frac_bits} px, scales {s.scale_bits} bits, "
+          f"angle {s.angle_bits} bits, colours {s.color_bits} bits, "
+          + (f"opacity {s.opacity_bits} bits" if s.opacity_bits else "opacity 1"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; returns the exit status (0 ok, 1 error, 2 usage)."""
+    args = _parser().parse_args(argv)
+    from smartsplat_jax.codec import CodecError
+    from smartsplat_jax.io import ImageError
+    from smartsplat_jax.train import TrainingDiverged
+
+    run = {"compress": _compress, "decompress": _decompress, "info": _info}[args.command]
+    try:
+        return run(args)
+    except (CodecError, ImageError, ValueError, OSError, TrainingDiverged) as e:
+        print(f"smartsplat {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"smartsplat {args.command}: interrupted; no output written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The `smartsplat` command line end to end, and quantization fine-tuning."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from smartsplat_jax import DEMO_IMAGE, codec, load_image, metrics, save_image
+from smartsplat_jax import params as P
+from smartsplat_jax.cli import main
+from smartsplat_jax.render import render
+from smartsplat_jax.train import config_for_method, fit, initialize, quantization_finetune
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory):
+    """A 72 x 96 crop of the demo image, compressed once by the CLI (in process)."""
+    d = tmp_path_factory.mktemp("cli")
+    img = load_image(DEMO_IMAGE)[200:272, 330:426]
+    src = d / "crop.png"
+    save_image(src, img)
+    out = d / "crop.ssplat"
+    assert main(["compress", str(src), str(out), "--cr=12", "--steps=30", "--qat-steps=10",
+                 "--quiet"]) == 0
+    return src, out, img
+
+
+def test_compress_writes_a_file_within_budget(compressed, capsys):
+    src, out, img = compressed
+    h, w = img.shape[:2]
+    data = out.read_bytes()
+    assert len(data) <= 3 * h * w / 12
+    info = codec.read_info(data)
+    assert (info.height, info.width, info.num_gaussians) == (h, w, P.num_gaussians(h, w, 12))
+    params, _, _ = codec.decode(data)
+    assert metrics.psnr(render(params, h, w), img) > 15  # 30 steps; the init is ~11 dB
+
+
+def test_info(compressed, capsys):
+    _, out, img = compressed
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"{img.shape[1]}x{img.shape[0]} px" in text and "bytes/Gaussian" in text
+    assert "real CR" in text and "version 1" in text
+    assert main(["info", str(out), "--json"]) == 0
+    assert '"num_gaussians"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags,size", [([], (96, 72)), (["--scale=2"], (192, 144)),
+                                        (["--width=48"], (48, 36)), (["--height=18"], (24, 18)),
+                                        (["--width=50", "--height=10"], (50, 10))])
+def test_decompress_sizes(compressed, tmp_path, flags, size):
+    _, out, img = compressed
+    dst = tmp_path / "out.png"
+    assert main(["decompress", str(out), str(dst), *flags]) == 0
+    with Image.open(dst) as im:
+        assert im.size == size
+    if not flags:  # at the original size: the 8-bit PNG of the decoded render
+        params, h, w = codec.decode(out.read_bytes())
+        assert metrics.psnr(load_image(dst), np.asarray(render(params, h, w))) > 45
+
+
+def test_decompress_scale_2_samples_the_same_image(compressed, tmp_path):
+    """Every other pixel of the 2x render (shifted by half a pixel) is near the 1x render."""
+    _, out, _ = compressed
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    assert main(["decompress", str(out), str(a)]) == 0
+    assert main(["decompress", str(out), str(b), "--scale=2", "--bit-depth=16"]) == 0
+    small, big = load_image(a), load_image(b)
+    pooled = big.reshape(small.shape[0], 2, small.shape[1], 2, 3).mean((1, 3))
+    assert metrics.psnr(pooled, small) > 25
+
+
+def test_errors_are_one_line_and_leave_no_file(compressed, tmp_path, capsys):
+    src, out, _ = compressed
+    damaged = tmp_path / "bad.ssplat"
+    data = bytearray(out.read_bytes())
+    data[40] ^= 1
+    damaged.write_bytes(bytes(data))
+    cases = [
+        (["decompress", str(damaged), str(tmp_path / "x.png")], "checksum mismatch"),
+        (["decompress", str(src), str(tmp_path / "x.png")], "not a .ssplat file"),
+        (["decompress", str(tmp_path / "none.ssplat"), str(tmp_path / "x.png")], "cannot read"),
+        (["decompress", str(out), str(tmp_path / "x.png"), "--scale=2", "--width=3"],
+         "either scale or width"),
+        (["decompress", str(out), str(tmp_path / "x.png"), "--width=0"], "width=0"),
+        (["decompress", str(out), str(src)], "exists; pass --force"),
+        (["compress", str(src), str(tmp_path / "y.ssplat"), "--cr=0"], "cr=0"),
+        (["compress", str(tmp_path / "none.png"), str(tmp_path / "y.ssplat"), "--cr=10"],
+         "no such file"),
+        (["compress", str(src), str(tmp_path / "y.ssplat"), "--cr=10", "--steps=0"], "steps=0"),
+        (["info", str(src)], "not a .ssplat file"),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "y.ssplat").exists()
+
+
+def test_module_entry_point_and_usage_errors(compressed):
+    _, out, _ = compressed
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    ok = subprocess.run([sys.executable, "-m", "smartsplat_jax", "info", str(out)], cwd=ROOT,
+                        capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 0 and "Gaussians" in ok.stdout, ok.stderr
+    bad = subprocess.run([sys.executable, "-m", "smartsplat_jax", "compress", "a.png"], cwd=ROOT,
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "required" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_quantization_finetune_beats_plain_rounding():
+    """On a fitted crop, the staged fine-tuning leaves a smaller quantization loss than
+    rounding the trained parameters, and its positions/scales/angles lie on the grid."""
+    img = load_image(DEMO_IMAGE)[150:246, 250:378]
+    h, w = img.shape[:2]
+    cfg = config_for_method("smartsplat", steps=150, eval_every=0, checkpoint_every=0)
+    p0, _ = initialize("smartsplat", jax.random.PRNGKey(0), img, P.num_gaussians(h, w, 10))
+    params, _ = fit(img, p0, cfg, progress=False)
+    spec = codec.choose_spec(params, h, w, pos_frac_bits=1, scale_bits=6, angle_bits=5,
+                             color_bits=6)
+    plain = codec.decode(codec.encode(params, h, w, spec=spec))[0]
+    tuned, info = quantization_finetune(img, params, spec, cfg, 40)
+    assert info["steps"] == 40
+    q = codec.dequantize(codec.quantize(tuned, spec, h, w), spec, h, w)
+    np.testing.assert_allclose(q.means, tuned.means, atol=1e-6)
+    np.testing.assert_allclose(q.scales, np.abs(tuned.scales), rtol=1e-5)
+    finetuned = codec.decode(codec.encode(tuned, h, w, spec=spec))[0]
+    assert metrics.psnr(render(finetuned, h, w), img) > metrics.psnr(render(plain, h, w), img) + 0.1
