@@ -7,6 +7,11 @@ Each cell (image, CR, method) runs `run_fit` into out_dir/cells/<cell>/ and its 
 appended to out_dir/results.json. Cells already there are skipped, so a killed benchmark
 continues where it stopped. Writes results.md (per cell and means per CR and method),
 results.csv and results.json.
+
+Quality columns are those of the decoded .ssplat file (what a user gets); psnr_float is
+before quantization and quant_drop their difference. With --classic=jpeg,webp,avif, each
+(image, CR) also gets rows for those codecs at the same byte size as the first method's file
+(quality searched to fit).
 """
 
 from __future__ import annotations
@@ -32,9 +37,14 @@ _STEPS = flags.DEFINE_integer("steps", 1000, "Training steps per cell.")
 _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer backend.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
 _OUT = flags.DEFINE_string("out_dir", "results/benchmark", "Output folder.")
+_CLASSIC = flags.DEFINE_list("classic", [], "Classic codecs at equal bytes: jpeg,webp,avif.")
 
-COLUMNS = ("image", "cr", "method", "steps", "num_gaussians", "psnr", "ssim", "ms_ssim",
+COLUMNS = ("image", "cr", "method", "steps", "num_gaussians", "file_bytes", "bytes_per_gaussian",
+           "actual_cr", "psnr", "ssim", "ms_ssim", "psnr_float", "quant_drop", "decode_seconds",
            "init_psnr", "train_seconds", "it_per_s", "s_per_step", "device")
+_MEAN_COLUMNS = ("file_bytes", "bytes_per_gaussian", "actual_cr", "psnr", "ssim", "ms_ssim",
+                 "psnr_float", "quant_drop", "decode_seconds", "init_psnr", "train_seconds",
+                 "it_per_s", "s_per_step")
 _EXTS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 
@@ -61,7 +71,7 @@ def _means(rows: list[dict]) -> list[dict]:
     out = []
     for (cr, method, steps), rs in sorted(groups.items()):
         m = {"image": f"mean of {len(rs)}", "cr": cr, "method": method, "steps": steps}
-        for c in ("psnr", "ssim", "ms_ssim", "init_psnr", "train_seconds", "it_per_s", "s_per_step"):
+        for c in _MEAN_COLUMNS:
             vals = [r[c] for r in rs if r.get(c) is not None]
             m[c] = sum(vals) / len(vals) if vals else None
         out.append(m)
@@ -87,6 +97,34 @@ def write_reports(out: Path, rows: list[dict]) -> None:
     print("\n".join(lines))
 
 
+def classic_rows(image_path: str, cr: float, target: dict, formats: list[str]) -> list[dict]:
+    """Rows for classic codecs at (at most) the byte size of `target`'s .ssplat file."""
+    from smartsplat_jax import load_image, metrics
+    from smartsplat_jax.classic import available, encode_at_bytes
+
+    image = load_image(image_path)
+    h, w = image.shape[:2]
+    rows = []
+    for fmt in formats:
+        if not available(fmt):
+            print(f"  {fmt}: not supported by this Pillow build; skipped")
+            continue
+        data, decoded, quality = encode_at_bytes(image, fmt, target["file_bytes"])
+        row = {"image": image_path, "cr": cr, "method": f"{fmt}@equal-bytes", "steps": 0,
+               "quality": quality, "file_bytes": None if data is None else len(data)}
+        if data is not None:
+            try:
+                ms = metrics.ms_ssim(decoded, image)
+            except ValueError:
+                ms = None
+            row.update(actual_cr=3 * h * w / len(data), psnr=metrics.psnr(decoded, image),
+                       ssim=metrics.ssim(decoded, image), ms_ssim=ms)
+        else:
+            print(f"  {fmt}: even quality 1 exceeds {target['file_bytes']} bytes")
+        rows.append(row)
+    return rows
+
+
 def main(argv):
     del argv
     if not _IMAGES.value:
@@ -94,6 +132,9 @@ def main(argv):
     images = _images(_IMAGES.value)
     if not images:
         sys.exit(f"error: --images={_IMAGES.value!r} matches no image file")
+    bad = [f for f in _CLASSIC.value if f not in ("jpeg", "webp", "avif")]
+    if bad:
+        sys.exit(f"error: --classic has unknown codec(s) {bad}; choose from jpeg, webp, avif")
     bad = [m for m in _METHODS.value if m not in METHODS]
     if bad:
         sys.exit(f"error: unknown method(s) {bad}; choose from {', '.join(METHODS)}")
@@ -127,8 +168,18 @@ def main(argv):
                     print(f"  failed: {e}")
                     continue
                 r["s_per_step"] = None if not r.get("it_per_s") else 1.0 / r["it_per_s"]
+                r["quant_drop"] = r["psnr_float"] - r["psnr"]
                 rows.append(r)
                 done.add(key)
+                write_reports(out, rows)
+            first = next((r for r in rows if _key(r)[:2] == (os.path.basename(image), cr)
+                          and r["method"] in METHODS), None)
+            todo = [f for f in _CLASSIC.value
+                    if (os.path.basename(image), cr, f"{f}@equal-bytes", 0) not in done]
+            if first is not None and todo:
+                for r in classic_rows(image, cr, first, todo):
+                    rows.append(r)
+                    done.add(_key(r))
                 write_reports(out, rows)
     write_reports(out, rows)
 

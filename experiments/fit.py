@@ -6,8 +6,9 @@
   python -m experiments.fit --config.lambda_l1=0.8          # any config field
   python -m experiments.fit --workdir=results/photo --resume # continue a killed run
 
-Outputs (in --workdir): recon.png, params.npz, metrics.json, history.json, curve.png,
-init_weights.png, init_points.png, init_render.png, checkpoints/.
+Outputs (in --workdir): image.ssplat (the compressed file), recon.png (the file decoded),
+params.npz (float parameters), metrics.json, history.json, curve.png, init_weights.png,
+init_points.png, init_render.png, checkpoints/.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ _BACKEND = flags.DEFINE_string("backend", None, "Renderer backend: auto | xla | 
 _SEED = flags.DEFINE_integer("seed", None, "PRNG seed of the initialization.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.")
 _RESUME = flags.DEFINE_bool("resume", False, "Continue from the workdir's latest checkpoint.")
+_QAT = flags.DEFINE_integer("qat_steps", None,
+                            "Quantization fine-tuning steps (default 10% of steps, 20..1000).")
 
 _TRAIN_FIELDS = ("lambda_l1", "lr_means", "lr_scales", "lr_colors", "lr_rotation",
                  "chunk_steps", "eval_every", "checkpoint_every")
@@ -50,16 +53,21 @@ def main(argv):
     overrides = {k: c[k] for k in _TRAIN_FIELDS if c.get(k) is not None}
     try:
         result = run_fit(image, c.workdir, cr=c.cr, method=c.method, steps=c.steps,
-                         backend=c.backend, seed=c.seed, resume=_RESUME.value, **overrides)
+                         backend=c.backend, seed=c.seed, resume=_RESUME.value,
+                         qat_steps=_QAT.value, **overrides)
     except (ImageError, ValueError, OSError, TrainingDiverged) as e:
         sys.exit(f"error: {e}")
     ms = "n/a" if result["ms_ssim"] is None else f"{result['ms_ssim']:.4f}"
     print(f"{result['method']} on {os.path.basename(image)} ({result['width']}x{result['height']}), "
           f"CR {result['cr']:g}, N={result['num_gaussians']}, {result['steps']} steps: "
           f"PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}, MS-SSIM {ms} "
-          f"(init PSNR {result['init_psnr']:.2f} dB); train {result['train_seconds']:.1f} s")
-    print(f"outputs in {os.path.abspath(c.workdir)}: recon.png, metrics.json, curve.png, "
-          "params.npz, init_*.png")
+          f"(float {result['psnr_float']:.2f} dB, init {result['init_psnr']:.2f} dB); "
+          f"train {result['train_seconds']:.1f} s")
+    over = "" if result["fits_budget"] else " (over budget: the image is too small for this CR)"
+    print(f"file: {result['file_bytes']} bytes, {result['bytes_per_gaussian']:.2f} B/Gaussian, "
+          f"real CR {result['actual_cr']:.2f}{over}")
+    print(f"outputs in {os.path.abspath(c.workdir)}: image.ssplat, recon.png, metrics.json, "
+          "curve.png, params.npz, init_*.png")
 
 
 if __name__ == "__main__":
