@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -134,3 +135,25 @@ def test_quantization_finetune_beats_plain_rounding():
     np.testing.assert_allclose(q.scales, np.abs(tuned.scales), rtol=1e-5)
     finetuned = codec.decode(codec.encode(tuned, h, w, spec=spec))[0]
     assert metrics.psnr(render(finetuned, h, w), img) > metrics.psnr(render(plain, h, w), img) + 0.1
+
+
+def test_fit_config_quant_trains_through_the_quantizer():
+    """FitConfig.quant: the loss is that of the quantized render (straight-through)."""
+    from smartsplat_jax.train import loss_value
+
+    img = load_image(DEMO_IMAGE)[150:214, 250:314]
+    h, w = img.shape[:2]
+    p0, _ = initialize("random", jax.random.PRNGKey(1), img, 60)
+    spec = codec.choose_spec(p0, h, w, pos_frac_bits=0, color_bits=3)
+    cfg = config_for_method("smartsplat", steps=3, quant=spec, eval_every=3, checkpoint_every=0)
+    plain = config_for_method("smartsplat", steps=3)
+    q = codec.dequantize(codec.quantize(p0, spec, h, w), spec, h, w)
+    np.testing.assert_allclose(loss_value(p0, img, cfg)[0], loss_value(q, img, plain)[0],
+                               rtol=1e-4)
+    grads = jax.grad(lambda p: loss_value(p, img, cfg)[0])(p0)
+    assert float(jnp.abs(grads.colors).sum()) > 0  # gradients pass the rounding
+    params, hist = fit(img, p0, cfg, progress=False)
+    assert hist["eval"][-1]["psnr"] == pytest.approx(metrics.psnr(render(
+        codec.fake_quantize(params, spec, h, w), h, w), img), abs=1e-6)
+    with pytest.raises(ValueError, match="quant="):
+        config_for_method("smartsplat", quant="8 bits")
