@@ -34,7 +34,7 @@ from smartsplat_jax import codec
 from smartsplat_jax import io as sio
 from smartsplat_jax import metrics
 from smartsplat_jax import params as P
-from smartsplat_jax.codec.rate import LADDER, byte_budget, fit_budget, spec_for_budget
+from smartsplat_jax.codec.rate import byte_budget, fit_budget, rung_of, spec_for_budget
 from smartsplat_jax.render import output_size, render, rescale_params, resolve_backend
 from smartsplat_jax.train import config_for_method, fit, initialize, quantization_finetune
 from smartsplat_jax.train.config import FitConfig
@@ -71,10 +71,29 @@ def encode_fitted(image, params: P.GaussianParams, config: FitConfig, cr: float,
     t1 = time.perf_counter()
     spec, data, fits = fit_budget(params_q, h, w, budget, start=rung, ranges_from=spec)
     t2 = time.perf_counter()
-    rung = LADDER.index((spec.pos_frac_bits, spec.scale_bits, spec.angle_bits, spec.color_bits))
     return data, {"budget_bytes": budget, "file_bytes": len(data), "fits_budget": fits,
-                  "quant": dataclasses.asdict(spec), "rung": rung, "qat_steps": qinfo["steps"],
-                  "qat_seconds": t1 - t0, "encode_seconds": t2 - t1}
+                  "quant": dataclasses.asdict(spec), "rung": rung_of(spec),
+                  "qat_steps": qinfo["steps"], "qat_seconds": t1 - t0,
+                  "encode_seconds": t2 - t1}
+
+
+def _encode_and_decode(image, params: P.GaussianParams, config: FitConfig, cr: float,
+                       qat_steps: int | None, progress: bool) -> tuple[bytes, np.ndarray, dict]:
+    """Trained float params -> (file bytes, [H, W, 3] render of the decoded file, info).
+
+    info is `encode_fitted`'s plus psnr_float (before quantization), file_bytes, actual_cr,
+    bytes_per_gaussian and decode_seconds (file -> decoded render, compiled)."""
+    h, w = int(image.shape[0]), int(image.shape[1])
+    psnr_float = metrics.psnr(render(params, h, w, backend=config.backend), image)
+    qat_steps = default_qat_steps(config.steps) if qat_steps is None else qat_steps
+    data, enc = encode_fitted(image, params, config, cr, qat_steps=qat_steps, progress=progress)
+    t0 = time.perf_counter()
+    decoded, _, _ = codec.decode(data)
+    rendered = np.asarray(render(decoded, h, w, backend=config.backend))
+    info = {"psnr_float": psnr_float, "actual_cr": 3 * h * w / len(data),
+            "bytes_per_gaussian": len(data) / params.num,
+            "decode_seconds": time.perf_counter() - t0, **enc}
+    return data, rendered, info
 
 
 def decompress(data: bytes, *, width: int | None = None, height: int | None = None,
@@ -108,18 +127,13 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
     image = sio.load_image(image_path)
     h, w = image.shape[:2]
     n = P.num_gaussians(h, w, cr)
-    qat_steps = default_qat_steps(steps) if qat_steps is None else qat_steps
     t0 = time.perf_counter()
     params0, _ = initialize(method, jax.random.PRNGKey(seed), image, n)
-    params, history = fit(image, params0, config, progress=progress)
-    psnr_float = metrics.psnr(render(params, h, w, backend=config.backend), image)
-    data, enc = encode_fitted(image, params, config, cr, qat_steps=qat_steps, progress=progress)
-    decoded, _, _ = codec.decode(data)
+    params, _ = fit(image, params0, config, progress=progress)
+    data, rendered, info = _encode_and_decode(image, params, config, cr, qat_steps, progress)
     result = {"image": str(image_path), "height": h, "width": w, "cr": float(cr),
               "method": method, "num_gaussians": n, "steps": steps,
-              "psnr": metrics.psnr(render(decoded, h, w, backend=config.backend), image),
-              "psnr_float": psnr_float, "actual_cr": 3 * h * w / len(data),
-              "bytes_per_gaussian": len(data) / n, "seconds": time.perf_counter() - t0, **enc}
+              "psnr": metrics.psnr(rendered, image), "seconds": time.perf_counter() - t0, **info}
     return data, result
 
 
@@ -209,13 +223,7 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
         init_psnr = metrics.psnr(render(params0, h, w, backend=config.backend), image)
 
     params, history = fit(image, params0, config, workdir=out, resume=resume, progress=progress)
-    psnr_float = metrics.psnr(render(params, h, w, backend=config.backend), image)
-    qat_steps = default_qat_steps(config.steps) if qat_steps is None else qat_steps
-    data, enc = encode_fitted(image, params, config, cr, qat_steps=qat_steps, progress=progress)
-    t0 = time.perf_counter()
-    decoded, _, _ = codec.decode(data)
-    rendered = np.asarray(render(decoded, h, w, backend=config.backend))
-    decode_seconds = time.perf_counter() - t0
+    data, rendered, info = _encode_and_decode(image, params, config, cr, qat_steps, progress)
     try:
         ms = metrics.ms_ssim(rendered, image)
         ms_note = None
@@ -225,10 +233,7 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
         "image": str(image_path), "height": h, "width": w, "cr": float(cr), "method": method,
         "num_gaussians": n, "steps": config.steps, "seed": seed,
         "psnr": metrics.psnr(rendered, image), "ssim": metrics.ssim(rendered, image),
-        "ms_ssim": ms, "ms_ssim_note": ms_note, "psnr_float": psnr_float,
-        "file_bytes": len(data), "actual_cr": 3 * h * w / len(data),
-        "bytes_per_gaussian": len(data) / n, "decode_seconds": decode_seconds, **enc,
-        "init_psnr": init_psnr,
+        "ms_ssim": ms, "ms_ssim_note": ms_note, **info, "init_psnr": init_psnr,
         "init_seconds": init_seconds, "train_seconds": history["train_seconds"],
         "compile_seconds": history["compile_seconds"],
         # Steady-state rate (compilation excluded); None after a resume, whose timing is split.

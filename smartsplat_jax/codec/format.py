@@ -152,17 +152,17 @@ def _unplanes(buf: memoryview, n: int, nbytes: int) -> np.ndarray:
 
 
 def _stream_layout(spec: QuantSpec) -> list[tuple[str, int]]:
-    """(name, bytes per code) of the attribute streams after the position deltas."""
+    """(name, bits per code) of the attribute streams after the position deltas."""
     streams = [("scale_x", spec.scale_bits), ("scale_y", spec.scale_bits),
                ("angle", spec.angle_bits), ("red", spec.color_bits),
                ("green", spec.color_bits), ("blue", spec.color_bits)]
     if spec.opacity_bits:
         streams.append(("opacity", spec.opacity_bits))
-    return [(name, code_bytes(bits)) for name, bits in streams]
+    return streams
 
 
 def _payload_size(n: int, delta_bytes: int, spec: QuantSpec) -> int:
-    return n * (delta_bytes + sum(b for _, b in _stream_layout(spec)))
+    return n * (delta_bytes + sum(code_bytes(b) for _, b in _stream_layout(spec)))
 
 
 # ----------------------------------------------------------------------------- encode
@@ -207,8 +207,8 @@ def encode(params: P.GaussianParams, height: int, width: int, *,
                codes["colors"][:, 0], codes["colors"][:, 1], codes["colors"][:, 2]]
     if spec.opacity_bits:
         columns.append(codes["opacity"])
-    for col, (_, nb) in zip(columns, _stream_layout(spec)):
-        parts.append(_planes(col[order], nb))
+    for col, (_, bits) in zip(columns, _stream_layout(spec)):
+        parts.append(_planes(col[order], code_bytes(bits)))
     raw = b"".join(parts)
     filters = [{"id": lzma.FILTER_LZMA2, "preset": preset, "dict_size": _DICT_SIZE,
                 **_LZMA_OPTIONS}]
@@ -315,8 +315,8 @@ def decode(data: bytes) -> tuple[P.GaussianParams, int, int]:
     except lzma.LZMAError as e:
         raise CodecError(f"payload is damaged: the LZMA2 decoder says {e}") from None
     if len(raw) != want or not dec.eof or dec.unused_data:
-        why = ("shorter" if len(raw) < want else "longer") if (len(raw) != want or not dec.eof) \
-            else "followed by extra data"
+        why = ("shorter" if len(raw) < want else "longer" if not dec.eof
+               else "followed by extra data")
         raise CodecError(f"payload does not match the header: it decompresses {why} than the "
                          f"{want} bytes that N={n} and the bit depths imply")
     buf = memoryview(raw)
@@ -335,15 +335,12 @@ def decode(data: bytes) -> tuple[P.GaussianParams, int, int]:
         raise CodecError("payload is damaged: decoded positions lie outside the position box")
     off = db * n
     cols = {}
-    for name, nb in _stream_layout(spec):
+    for name, bits in _stream_layout(spec):
+        nb = code_bytes(bits)
         cols[name] = _unplanes(buf[off:off + nb * n], n, nb).astype(np.uint32)
         off += nb * n
-    bits = {"scale_x": spec.scale_bits, "scale_y": spec.scale_bits, "angle": spec.angle_bits,
-            "red": spec.color_bits, "green": spec.color_bits, "blue": spec.color_bits,
-            "opacity": spec.opacity_bits}
-    for name, col in cols.items():
-        if col.size and int(col.max()) >> bits[name]:
-            raise CodecError(f"payload is damaged: a {name} code exceeds {bits[name]} bits")
+        if int(cols[name].max()) >> bits:
+            raise CodecError(f"payload is damaged: a {name} code exceeds {bits} bits")
     codes = {"position": np.stack([px, py], -1),
              "scales": np.stack([cols["scale_x"], cols["scale_y"]], -1),
              "angle": cols["angle"],

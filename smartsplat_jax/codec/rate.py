@@ -14,7 +14,7 @@ from smartsplat_jax import params as P
 from smartsplat_jax.codec.format import encode
 from smartsplat_jax.codec.quantize import QuantSpec, choose_spec
 
-__all__ = ["LADDER", "byte_budget", "fit_budget", "spec_for_budget"]
+__all__ = ["LADDER", "byte_budget", "fit_budget", "rung_of", "spec_for_budget"]
 
 # (pos_frac_bits, scale_bits, angle_bits, color_bits), most precise first.
 LADDER = (
@@ -71,11 +71,13 @@ def fit_budget(params: P.GaussianParams, height: int, width: int, max_bytes: int
     return spec, data, False
 
 
+def rung_of(spec: QuantSpec) -> int:
+    """The LADDER index of a spec's bit depths (ValueError if they are not a rung)."""
+    return LADDER.index((spec.pos_frac_bits, spec.scale_bits, spec.angle_bits, spec.color_bits))
+
+
 def spec_for_budget(params: P.GaussianParams, height: int, width: int,
                     max_bytes: int | None) -> tuple[int, QuantSpec]:
     """(rung index, spec) of the first LADDER rung whose encoding of `params` fits."""
     spec, _, _ = fit_budget(params, height, width, max_bytes)
-    for i, rung in enumerate(LADDER):
-        if (spec.pos_frac_bits, spec.scale_bits, spec.angle_bits, spec.color_bits) == rung:
-            return i, spec
-    raise AssertionError("unreachable")
+    return rung_of(spec), spec
