@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--qat-steps", type=int, default=None,
                    help="quantization fine-tuning steps (default: 10%% of --steps, 20..1000)")
     c.add_argument("--method", default="smartsplat", choices=METHODS)
-    c.add_argument("--backend", default="auto", help="renderer: auto | xla | reference")
+    c.add_argument("--backend", default="auto", help="renderer: auto | xla | pallas | reference")
     c.add_argument("--seed", type=int, default=0, help="PRNG seed of the initialization")
     c.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     c.add_argument("--quiet", action="store_true", help="no progress output")
@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--scale", type=float, default=None, help="scale both sides by this factor")
     d.add_argument("--bit-depth", type=int, default=8, choices=(8, 16),
                    help="bits per channel of the output (16: PNG or TIFF)")
-    d.add_argument("--backend", default="auto", help="renderer: auto | xla | reference")
+    d.add_argument("--backend", default="auto", help="renderer: auto | xla | pallas | reference")
     d.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     i = sub.add_parser("info", help="print what a .ssplat file holds")
     i.add_argument("input", help="the .ssplat file")

@@ -1,6 +1,10 @@
 """Small helpers shared by the tests."""
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+
+from smartsplat_jax import params as P
 
 
 def enable_x64():
@@ -10,3 +14,32 @@ def enable_x64():
     from jax.experimental import enable_x64 as _enable  # jax < 0.8
 
     return _enable(True)
+
+
+def scene(seed, n, h, w, *, aniso=8.0, min_scale=0.25, extras=True, dtype=jnp.float32):
+    """A random scene with every awkward case of the rasterizer's contract.
+
+    Gaussians inside and partly/wholly outside the image, sub-pixel ones, anisotropic rotated
+    ones (aspect up to `aniso`), colours outside [0, 1], negative raw scales and opacities
+    around 1; with `extras`, also a huge one covering every tile, a singular one (zero
+    scale), and 300 small ones piled into one 4x4 area (> 256 Gaussians in one tile).
+    """
+    rng = np.random.default_rng(seed)
+    means = rng.uniform(-1.3, 1.3, (n, 2))
+    base = rng.uniform(min_scale, 4.0, (n, 1))
+    ratio = rng.uniform(1.0, aniso, (n, 1))
+    scales = np.concatenate([base, base * ratio], 1) * rng.choice([-1, 1], (n, 2))
+    colors = rng.uniform(-0.3, 1.3, (n, 3))
+    rot = rng.normal(0, 2, (n, 1))
+    opac = rng.uniform(0.3, 1.2, (n, 1))
+    if extras:
+        k = 300
+        pile = np.stack([rng.uniform(1, 3, k), rng.uniform(1, 3, k)], 1)  # pixels
+        means = np.concatenate([means, 2 * pile / [w, h] - 1, [[0.0, 0.0], [0.1, -0.2]]])
+        scales = np.concatenate([scales, rng.uniform(0.3, 1.0, (k, 2)),
+                                 [[3.0 * max(h, w), 2.0 * max(h, w)], [0.0, 2.0]]])
+        colors = np.concatenate([colors, rng.uniform(0, 0.01, (k, 3)), [[0.2, 0.3, 0.4], [1, 1, 1]]])
+        rot = np.concatenate([rot, rng.normal(0, 1, (k, 1)), [[0.3], [0.0]]])
+        opac = np.concatenate([opac, np.ones((k, 1)), [[0.5], [1.0]]])
+    return P.GaussianParams.create(means=means, scales=scales, colors=colors, rotation=rot,
+                                   opacity=opac, dtype=dtype)

@@ -19,11 +19,13 @@ def _run(args):
 
 def test_bench_render_writes_rows(tmp_path):
     out = _run(["experiments.bench_render", "--sizes=40x24@5", "--repeats=1",
-                f"--out={tmp_path / 'r.json'}"])
+                "--backends=xla,pallas,reference", f"--out={tmp_path / 'r.json'}"])
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads((tmp_path / "r.json").read_text())
-    assert {r["backend"] for r in rows} == {"xla", "reference"}
-    assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 for r in rows)
+    assert {r["backend"] for r in rows} == {"xla", "pallas", "reference"}
+    assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["step_ms"] > 0 for r in rows)
+    by = {r["backend"]: r for r in rows}
+    assert by["pallas"]["capacity"] >= by["pallas"]["pairs"] > 0
     assert "| 40x24 | 5 |" in out.stdout
 
 

@@ -2,34 +2,44 @@
 
   render(params, height, width, backend="auto") -> [H, W, 3] image, clamped to [0, 1]
 
-Backends:
+Backends (all compute the same image up to float rounding):
   * "reference": dense, every Gaussian at every pixel; the test oracle (tiny images only).
   * "xla": tile binning + chunked pair evaluation + segment sums; CPU, GPU and TPU.
-  * "auto": the fastest available correct backend (today "xla").
+  * "pallas": tile-sorted pair list walked by Pallas kernels (forward and backward); compiled
+    with Triton on GPUs from Ampere (sm_80) up, interpreted (slow, for tests) elsewhere.
+  * "auto": "pallas" on GPUs where it is supported and measured faster, otherwise "xla"
+    (see `smartsplat_jax.render.auto`; the choice and its reason are logged).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 
 import jax
 
 from smartsplat_jax import params as P
+from smartsplat_jax.render import pallas
+from smartsplat_jax.render.auto import auto_backend
+from smartsplat_jax.render.pallas import pair_capacity, render_pallas
 from smartsplat_jax.render.reference import render_reference
 from smartsplat_jax.render.resize import output_size, rescale_params
 from smartsplat_jax.render.xla import DEFAULT_TILE, pair_count, project, render_xla
 
-__all__ = ["BACKENDS", "output_size", "render", "render_reference", "render_xla", "rescale_params",
-           "pair_count", "project", "resolve_backend"]
+__all__ = ["BACKENDS", "output_size", "render", "render_pallas", "render_reference",
+           "render_xla", "rescale_params", "pair_capacity", "pair_count", "project",
+           "resolve_backend"]
 
-BACKENDS = ("auto", "xla", "reference")
+BACKENDS = ("auto", "xla", "pallas", "reference")
+log = logging.getLogger("smartsplat_jax.render")
+_warned_interpret = False
 
 
-def resolve_backend(backend: str) -> str:
-    """Maps a backend name (including "auto") to the one that will run."""
+def resolve_backend(backend: str, device=None) -> str:
+    """Maps a backend name (including "auto") to the one that will run on `device`."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
-    return "xla" if backend == "auto" else backend
+    return auto_backend(device) if backend == "auto" else backend
 
 
 def _check(params: P.GaussianParams, height, width) -> None:
@@ -41,25 +51,52 @@ def _check(params: P.GaussianParams, height, width) -> None:
     params.validate()
 
 
-@functools.partial(jax.jit, static_argnames=("height", "width", "backend", "tile", "chunk"))
+def _is_traced(params: P.GaussianParams) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(params))
+
+
 def render(params: P.GaussianParams, height: int, width: int, *, backend: str = "auto",
-           tile: int = DEFAULT_TILE, chunk: int | None = None) -> jax.Array:
+           tile: int | None = None, chunk: int | None = None,
+           capacity: int | None = None) -> jax.Array:
     """Renders Gaussians to an image: the clamped accumulated sum of SPEC §3.
 
-    Differentiable with respect to every field of `params` (reverse mode).
+    Differentiable with respect to every field of `params` (reverse mode); usable inside
+    `jit`, `grad` and `lax.scan`.
 
     Args:
       params: raw Gaussian parameters (N rows); means normalized, scales in pixels.
       height, width: output size in pixels (static).
-      backend: "auto", "xla" or "reference" (static).
-      tile, chunk: xla backend tile side in pixels and pairs per loop step (static; chunk
-        None picks the platform default, see `xla.default_chunk`).
+      backend: "auto", "xla", "pallas" or "reference" (static).
+      tile: tile side in pixels (static); None: the backend's default (xla 4, pallas 16).
+      chunk: xla backend, pairs per loop step (static); None: `xla.default_chunk()`.
+      capacity: pallas backend, length of its pair list (static). None: from the actual
+        pair count (`pair_capacity`) when `params` are concrete, else
+        `pallas.default_capacity`. Too small only costs speed (the xla fallback).
 
     Returns:
       [height, width, 3] float image in [0, 1].
     """
+    global _warned_interpret
     _check(params, height, width)
     name = resolve_backend(backend)
-    if name == "reference":
+    if name == "pallas":
+        if jax.default_backend() != "gpu" and not _warned_interpret:
+            _warned_interpret = True
+            log.warning("backend 'pallas' on %s runs the kernels in the Pallas interpreter: "
+                        "correct but slow; use 'xla' or 'auto' for speed",
+                        jax.default_backend())
+        if capacity is None and not _is_traced(params):
+            capacity = pair_capacity(params, height, width, tile or pallas.DEFAULT_TILE)
+    return _render(params, height, width, backend=name, tile=tile, chunk=chunk,
+                   capacity=capacity)
+
+
+@functools.partial(jax.jit, static_argnames=("height", "width", "backend", "tile", "chunk",
+                                             "capacity"))
+def _render(params, height, width, *, backend, tile, chunk, capacity):
+    if backend == "reference":
         return render_reference(params, height, width)
-    return render_xla(params, height, width, tile=tile, chunk=chunk)
+    if backend == "pallas":
+        return render_pallas(params, height, width, tile=tile or pallas.DEFAULT_TILE,
+                             capacity=capacity)
+    return render_xla(params, height, width, tile=tile or DEFAULT_TILE, chunk=chunk)

@@ -24,7 +24,7 @@ class FitConfig:
       lr_means, lr_scales, lr_colors, lr_rotation, lr_opacity: learning rates per group
         (means in normalized units, scales in pixels); 0 freezes a group (opacity: 0).
       lr_halve_every: halve every rate each this many steps (0: constant).
-      backend: renderer backend ("auto", "xla", "reference").
+      backend: renderer backend ("auto", "xla", "pallas", "reference").
       chunk_steps: steps per compiled lax.scan chunk (no host round trip inside a chunk).
       eval_every: evaluate PSNR/SSIM of the float render every this many steps (0: never).
       checkpoint_every: write a checkpoint every this many steps (0: only at the end).

@@ -25,7 +25,7 @@ from smartsplat_jax import metrics
 from smartsplat_jax import params as P
 from smartsplat_jax.codec.quantize import fake_quantize
 from smartsplat_jax.init.smart import check_image
-from smartsplat_jax.render import render
+from smartsplat_jax.render import pair_capacity, render, resolve_backend
 from smartsplat_jax.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from smartsplat_jax.train.config import FitConfig
 from smartsplat_jax.train.optim import make_optimizer
@@ -46,18 +46,23 @@ def effective_params(params: P.GaussianParams, config: FitConfig, height: int,
     return fake_quantize(params, config.quant, height, width)
 
 
-def loss_value(params: P.GaussianParams, image: jax.Array, config: FitConfig):
-    """(loss, mse) of the render of `params` against `image` [H, W, 3] under `config`."""
+def loss_value(params: P.GaussianParams, image: jax.Array, config: FitConfig,
+               capacity: int | None = None):
+    """(loss, mse) of the render of `params` against `image` [H, W, 3] under `config`.
+
+    `capacity`: the pallas backend's pair capacity (static; see `render`)."""
     h, w = image.shape[:2]
-    rendered = render(effective_params(params, config, h, w), h, w, backend=config.backend)
+    rendered = render(effective_params(params, config, h, w), h, w, backend=config.backend,
+                      capacity=capacity)
     mse = jnp.mean(jnp.square(rendered - image))
     if config.loss == "l2":
         return mse, mse
     return losses.smartsplat_loss(rendered, image, config.lambda_l1), mse
 
 
-@functools.partial(jax.jit, static_argnames=("config", "length"))
-def _run_chunk(params, opt_state, image, *, config: FitConfig, length: int):
+@functools.partial(jax.jit, static_argnames=("config", "length", "capacity"))
+def _run_chunk(params, opt_state, image, *, config: FitConfig, length: int,
+               capacity: int | None = None):
     """`length` optimizer steps. Returns (params, opt_state, losses [length], mses [length],
     finite), where finite says every parameter is finite at the end."""
     opt = make_optimizer(config)
@@ -65,7 +70,7 @@ def _run_chunk(params, opt_state, image, *, config: FitConfig, length: int):
 
     def step(carry, _):
         p, s = carry
-        (loss, mse), grads = grad_fn(p, image, config)
+        (loss, mse), grads = grad_fn(p, image, config, capacity)
         updates, s = opt.update(grads, s, p)
         return (optax.apply_updates(p, updates), s), (loss, mse)
 
@@ -132,12 +137,18 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, workdir: str | Pa
     if history["resumed_from"] is not None:
         reporter.message(f"resumed from step {step} ({path})")
     first = None  # (steps, seconds) of this session's first chunk, which includes compilation
+    # The pallas rasterizer's pair list has a static length: size it from the actual pair
+    # count before each chunk, in power-of-two buckets (a recompile only when the bucket
+    # changes; a chunk that outgrows it stays correct through the xla fallback).
+    use_pallas = resolve_backend(config.backend) == "pallas"
     session_steps, session_seconds = 0, 0.0
     while step < config.steps:
         length = _next_boundary(step, config) - step
         t0 = time.perf_counter()
-        new_params, new_state, loss, mse, finite = _run_chunk(params, opt_state, img,
-                                                              config=config, length=length)
+        capacity = (pair_capacity(effective_params(params, config, h, w), h, w)
+                    if use_pallas else None)
+        new_params, new_state, loss, mse, finite = _run_chunk(
+            params, opt_state, img, config=config, length=length, capacity=capacity)
         loss = jax.device_get(loss)
         mse = jax.device_get(mse)
         elapsed = time.perf_counter() - t0

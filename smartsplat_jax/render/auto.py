@@ -1,0 +1,102 @@
+"""Choosing the rasterizer for backend="auto": `pallas` only where it runs and is faster.
+
+Rule, per device kind (e.g. "NVIDIA H200"), decided once per process:
+  * not a GPU, or a GPU the Triton kernels do not support (compute capability < 8.0, such as
+    Colab's T4): `xla`;
+  * otherwise a probe times forward+backward of both backends on a fixed synthetic scene
+    (1024 x 1024, CR 50, SmartSplat-like scales; medians of 5 after warm-up) and picks `pallas`
+    when it is at least `_MARGIN` times faster; if the kernels fail to compile or run, `xla`.
+Each decision and its reason is logged once (logger "smartsplat_jax.render", level INFO).
+
+The decision is memoized per device kind. Both backends compute the same image up to float
+rounding, so the memo changes speed, never results.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from smartsplat_jax import params as P
+
+__all__ = ["auto_backend", "decisions"]
+
+log = logging.getLogger("smartsplat_jax.render")
+
+_MARGIN = 1.1
+_PROBE_SIZE = 1024
+_PROBE_CR = 50.0
+_PROBE_REPEATS = 5
+_decisions: dict[str, tuple[str, str]] = {}
+
+
+def decisions() -> dict[str, tuple[str, str]]:
+    """{device kind: (backend, reason)} for the decisions taken so far in this process."""
+    return dict(_decisions)
+
+
+def _probe_params(size: int, cr: float) -> P.GaussianParams:
+    n = P.num_gaussians(size, size, cr)
+    k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(0), 4)
+    spacing = size / n ** 0.5  # mean distance between Gaussians, pixels
+    return P.GaussianParams(
+        means=jax.random.uniform(k1, (n, 2), minval=-1.0, maxval=1.0),
+        scales=spacing * jax.random.uniform(k2, (n, 2), minval=0.3, maxval=1.2),
+        rotation=jax.random.normal(k3, (n, 1)),
+        colors=jax.random.uniform(k4, (n, 3)),
+        opacity=jnp.ones((n, 1)))
+
+
+def _time_fwd_bwd(backend: str, params: P.GaussianParams, size: int) -> float:
+    """Median seconds of one forward+backward of `backend` on `params` (after warm-up)."""
+    from smartsplat_jax.render import render
+
+    target = jnp.full((size, size, 3), 0.5)
+    step = jax.jit(jax.grad(
+        lambda p: jnp.mean(jnp.abs(render(p, size, size, backend=backend) - target))))
+    jax.block_until_ready(step(params))
+    times = []
+    for _ in range(_PROBE_REPEATS):
+        t0 = time.perf_counter()
+        jax.block_until_ready(step(params))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _decide(device) -> tuple[str, str]:
+    from smartsplat_jax.render import pallas
+
+    ok, why = pallas.triton_supported(device)
+    if not ok:
+        return "xla", why
+    try:
+        with jax.ensure_compile_time_eval():
+            params = _probe_params(_PROBE_SIZE, _PROBE_CR)
+            t_xla = _time_fwd_bwd("xla", params, _PROBE_SIZE)
+            t_pallas = _time_fwd_bwd("pallas", params, _PROBE_SIZE)
+    except Exception as e:  # noqa: BLE001 - any failure of the kernels means: use xla
+        return "xla", f"the pallas kernels failed on {why}: {type(e).__name__}: {e}"
+    speed = t_xla / t_pallas
+    probe = (f"probe {_PROBE_SIZE}x{_PROBE_SIZE} CR {_PROBE_CR:g} forward+backward: "
+             f"xla {1e3 * t_xla:.2f} ms, pallas {1e3 * t_pallas:.2f} ms on {why}")
+    if speed >= _MARGIN:
+        return "pallas", f"pallas is {speed:.2f}x faster ({probe})"
+    return "xla", f"pallas is not {_MARGIN:g}x faster ({speed:.2f}x; {probe})"
+
+
+def auto_backend(device=None) -> str:
+    """The backend "auto" means on `device` (default: the first default device)."""
+    device = jax.devices()[0] if device is None else device
+    kind = f"{device.platform}:{device.device_kind}"
+    if kind not in _decisions:
+        if device.platform != "gpu":
+            _decisions[kind] = ("xla", f"{device.platform} device: the xla rasterizer is the fast "
+                                "one there (Pallas kernels only run interpreted)")
+        else:
+            _decisions[kind] = _decide(device)
+        log.info("render backend 'auto' on %s -> %s: %s", device.device_kind, *_decisions[kind])
+    return _decisions[kind][0]
