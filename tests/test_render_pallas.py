@@ -244,6 +244,26 @@ def test_auto_on_a_supported_gpu_picks_pallas_only_when_measured_faster(
     assert auto.auto_backend(_fake_gpu("7.5", "Tesla T4")) == "xla"
 
 
+def test_auto_probe_runs_even_when_first_resolved_inside_jit(monkeypatch):
+    # The real probe (both backends timed; here on the CPU, at 48x48), started while a
+    # function is being traced: it must measure eagerly, not fail or get staged.
+    monkeypatch.setattr(auto, "_decisions", {})
+    monkeypatch.setattr(auto, "_PROBE_SIZE", 48)
+    monkeypatch.setattr(auto, "_PROBE_REPEATS", 1)
+    dev = _fake_gpu("9.0", "Probe GPU")
+    seen = []
+
+    @jax.jit
+    def f(x):
+        seen.append(auto.auto_backend(dev))
+        return x + 1
+
+    np.testing.assert_array_equal(f(jnp.zeros(2)), [1.0, 1.0])
+    backend, why = auto.decisions()["gpu:Probe GPU"]
+    assert seen == [backend] and backend in ("xla", "pallas")
+    assert "probe 48x48" in why and "failed" not in why
+
+
 def test_bad_static_arguments_are_named():
     p = scene(0, 5, 8, 8, extras=False)
     with pytest.raises(ValueError, match="tile=12"):

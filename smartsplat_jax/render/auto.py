@@ -14,6 +14,7 @@ rounding, so the memo changes speed, never results.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import statistics
 import time
@@ -40,12 +41,13 @@ def decisions() -> dict[str, tuple[str, str]]:
 
 
 def _probe_params(size: int, cr: float) -> P.GaussianParams:
+    """SmartSplat-like scene (SPEC §4.4 scales: s_base exp(-w/2), s_base = sqrt(HW/(pi N))/3)."""
     n = P.num_gaussians(size, size, cr)
     k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(0), 4)
-    spacing = size / n ** 0.5  # mean distance between Gaussians, pixels
+    s_base = (size * size / (jnp.pi * n)) ** 0.5 / 3.0
     return P.GaussianParams(
         means=jax.random.uniform(k1, (n, 2), minval=-1.0, maxval=1.0),
-        scales=spacing * jax.random.uniform(k2, (n, 2), minval=0.3, maxval=1.2),
+        scales=s_base * jnp.exp(-0.5 * jax.random.uniform(k2, (n, 2))),
         rotation=jax.random.normal(k3, (n, 1)),
         colors=jax.random.uniform(k4, (n, 3)),
         opacity=jnp.ones((n, 1)))
@@ -53,11 +55,12 @@ def _probe_params(size: int, cr: float) -> P.GaussianParams:
 
 def _time_fwd_bwd(backend: str, params: P.GaussianParams, size: int) -> float:
     """Median seconds of one forward+backward of `backend` on `params` (after warm-up)."""
-    from smartsplat_jax.render import render
+    from smartsplat_jax.render import pair_capacity, render
 
+    capacity = pair_capacity(params, size, size) if backend == "pallas" else None
     target = jnp.full((size, size, 3), 0.5)
-    step = jax.jit(jax.grad(
-        lambda p: jnp.mean(jnp.abs(render(p, size, size, backend=backend) - target))))
+    step = jax.jit(jax.grad(lambda p: jnp.mean(jnp.abs(
+        render(p, size, size, backend=backend, capacity=capacity) - target))))
     jax.block_until_ready(step(params))
     times = []
     for _ in range(_PROBE_REPEATS):
@@ -73,11 +76,16 @@ def _decide(device) -> tuple[str, str]:
     ok, why = pallas.triton_supported(device)
     if not ok:
         return "xla", why
+    def measure():
+        params = _probe_params(_PROBE_SIZE, _PROBE_CR)
+        return (_time_fwd_bwd("xla", params, _PROBE_SIZE),
+                _time_fwd_bwd("pallas", params, _PROBE_SIZE))
+
     try:
-        with jax.ensure_compile_time_eval():
-            params = _probe_params(_PROBE_SIZE, _PROBE_CR)
-            t_xla = _time_fwd_bwd("xla", params, _PROBE_SIZE)
-            t_pallas = _time_fwd_bwd("pallas", params, _PROBE_SIZE)
+        # A fresh thread has JAX's trace state clean, so the probe runs eagerly even when
+        # "auto" is first resolved while a caller's function is being traced by jit.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            t_xla, t_pallas = pool.submit(measure).result()
     except Exception as e:  # noqa: BLE001 - any failure of the kernels means: use xla
         return "xla", f"the pallas kernels failed on {why}: {type(e).__name__}: {e}"
     speed = t_xla / t_pallas
