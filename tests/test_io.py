@@ -275,3 +275,12 @@ def test_real_photo(kodak_dir):
     img = load_image(kodak_dir / "kodim04.png")
     assert img.shape == (768, 512, 3) and img.dtype == np.float32
     assert 0.0 <= img.min() and img.max() <= 1.0
+
+
+def test_atomic_write_gives_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        sio.atomic_write_bytes(tmp_path / "a.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
