@@ -26,6 +26,7 @@ def test_bench_render_writes_rows(tmp_path):
     assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["step_ms"] > 0 for r in rows)
     by = {r["backend"]: r for r in rows}
     assert by["pallas"]["capacity"] >= by["pallas"]["pairs"] > 0
+    assert by["pallas"]["max_abs_diff_vs_xla"] <= 1e-5
     assert "| 40x24 | 5 |" in out.stdout
 
 

@@ -300,3 +300,15 @@ def test_kernels_lower_to_triton_for_cuda(cc):
     f = jax.grad(lambda q: jnp.sum(PL.render_pallas(q, 20, 36, interpret=False)))
     text = _lower_for_cuda(f, p, cc=cc)
     assert text.count("__gpu$xla.gpu.triton") == 2  # the forward and the backward kernel
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu" or not PL.triton_supported()[0],
+                    reason="needs a GPU the Triton kernels support (compute capability >= 8.0)")
+@pytest.mark.parametrize("h,w", [(45, 29), (300, 517)])
+def test_compiled_kernels_equal_xla_on_gpu(h, w):
+    # The same contract as the interpreted tests, for the kernels compiled by Triton.
+    p = scene(h + w, 400, h, w)
+    a, ga = _fwd_and_grads(lambda *x, **k: PL.render_pallas(*x, interpret=False, **k), p, h, w)
+    b, gb = _fwd_and_grads(render_xla, p, h, w)
+    assert float(jnp.max(jnp.abs(a - b) / jnp.maximum(1.0, jnp.abs(b)))) <= 1e-5
+    _assert_grads_close(ga, gb, 1e-4)
