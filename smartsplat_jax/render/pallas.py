@@ -32,10 +32,12 @@ Devices: the kernels use the Triton lowering of `pallas_call` (GPUs from Ampere,
 jax 0.10 to 0.12, where jax >= 0.11 warns that this lowering is deprecated). On any other
 platform they run with `interpret=True`: correct and slow, meant for tests.
 
-Memory (float32): besides the `project` arrays, about 96 bytes per pair slot (sort keys,
-permutation, planar features, and in the backward the per-pair gradients), the tile image
-(12 bytes per padded pixel) and, in the backward, its cotangent. A 16K x 16K image at CR 200
-with a capacity of 2^24 pairs needs ~1.6 GB for the slots and 6.4 GB for image + cotangent.
+Memory (float32): besides the `project` arrays, the peak is in the backward: about 150
+bytes per pair slot (the saved Gaussian ids and permutation, the planar features, the
+per-pair gradients and their Gaussian-major copy), plus a few image-sized buffers (12
+bytes per padded pixel each: the tile image, the cotangent and their re-layouts). At 16K x
+16K, CR 200, with a capacity of 2^24 pairs: ~2.5 GB for the slots and 3.2 GB per image
+buffer. Nothing scales with pixels x Gaussians.
 """
 
 from __future__ import annotations
