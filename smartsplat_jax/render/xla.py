@@ -289,8 +289,14 @@ def render_xla(params: P.GaussianParams, height: int, width: int, *, tile: int =
                      tile, chunk, sort_pairs)
     return jnp.clip(img, 0.0, 1.0) if clamp else img
 
+@functools.partial(jax.jit, static_argnames=("height", "width", "tile"))
+def _pair_total(params: P.GaussianParams, height: int, width: int, tile: int) -> jax.Array:
+    return jnp.sum(project(params, height, width, tile).counts.astype(jnp.float32))
+
+
 def pair_count(params: P.GaussianParams, height: int, width: int,
                tile: int = DEFAULT_TILE) -> int:
-    """Number of (tile, Gaussian) pairs the rasterizer evaluates for these parameters."""
-    counts = jax.jit(lambda p: project(p, height, width, tile).counts)(params)
-    return int(jnp.sum(counts.astype(jnp.float32)))
+    """Number of (tile, Gaussian) pairs the rasterizer evaluates for these parameters.
+
+    Compiled once per (N, height, width, tile): the training loop calls it between chunks."""
+    return int(_pair_total(params, height, width, tile))
