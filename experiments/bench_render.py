@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +34,7 @@ from experiments.common import write_json
 from smartsplat_jax import params as P
 from smartsplat_jax.render import pair_capacity, pair_count, render
 from smartsplat_jax.render import pallas as PL
+from smartsplat_jax.render.auto import median_seconds, synthetic_scene
 from smartsplat_jax.render import xla as X
 from smartsplat_jax.train import FitConfig, loss_value, make_optimizer
 from smartsplat_jax.render.reference import MAX_DENSE_ELEMENTS
@@ -52,27 +52,8 @@ _OUT = flags.DEFINE_string("out", "results/bench_render.json", "JSON output path
 _SEED = flags.DEFINE_integer("seed", 0, "Scene seed.")
 
 
-def smartsplat_like_scene(key: jax.Array, height: int, width: int, n: int) -> P.GaussianParams:
-    """N Gaussians with SmartSplat-like initial scales for an H x W image."""
-    k1, k2, k3, k4 = jax.random.split(key, 4)
-    s_base = math.sqrt(height * width / (math.pi * n)) / 3.0
-    w = jax.random.uniform(k2, (n, 2))
-    return P.GaussianParams.create(
-        means=jax.random.uniform(k1, (n, 2), minval=-1.0, maxval=1.0),
-        scales=s_base * jnp.exp(-0.5 * w),
-        colors=jax.random.uniform(k3, (n, 3)),
-        rotation=jax.random.normal(k4, (n, 1)))
-
-
-def _median_ms(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+def _ms(fn, *args, repeats: int) -> float:
+    return 1e3 * median_seconds(fn, *args, repeats=repeats)
 
 
 def _buffer_gib(jitted, *args) -> float | None:
@@ -106,7 +87,7 @@ def _train_step(backend: str, capacity: int | None, params: P.GaussianParams):
 
 def bench_one(width: int, height: int, cr: float, backend: str) -> dict | None:
     n = P.num_gaussians(height, width, cr)
-    params = smartsplat_like_scene(jax.random.PRNGKey(_SEED.value), height, width, n)
+    params = synthetic_scene(jax.random.PRNGKey(_SEED.value), height, width, n)
     if backend == "reference" and n * height * width > MAX_DENSE_ELEMENTS // 4:
         return None
     opts, tile = {}, None
@@ -130,14 +111,14 @@ def bench_one(width: int, height: int, cr: float, backend: str) -> dict | None:
            "device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
            "jax": jax.__version__, "tile": tile, "pairs": pairs,
            "capacity": opts.get("capacity")}
-    row["fwd_ms"] = _median_ms(fwd, params, repeats=_REPEATS.value)
-    row["fwd_bwd_ms"] = _median_ms(fwd_bwd, params, target, repeats=_REPEATS.value)
+    row["fwd_ms"] = _ms(fwd, params, repeats=_REPEATS.value)
+    row["fwd_bwd_ms"] = _ms(fwd_bwd, params, target, repeats=_REPEATS.value)
     row["fwd_buffers_gib"] = _buffer_gib(fwd, params)
     row["fwd_bwd_buffers_gib"] = _buffer_gib(fwd_bwd, params, target)
     row["step_ms"] = row["step_it_per_s"] = None
     if _TRAIN_STEP.value:
         step, state = _train_step(backend, opts.get("capacity"), params)
-        row["step_ms"] = _median_ms(step, params, state, target, repeats=_REPEATS.value)
+        row["step_ms"] = _ms(step, params, state, target, repeats=_REPEATS.value)
         row["step_it_per_s"] = 1e3 / row["step_ms"]
     row["device_peak_gib"] = _device_peak_gib()
     row["max_abs_diff_vs_xla"] = None

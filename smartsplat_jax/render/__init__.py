@@ -79,6 +79,8 @@ def render(params: P.GaussianParams, height: int, width: int, *, backend: str = 
     global _warned_interpret
     _check(params, height, width)
     name = resolve_backend(backend)
+    if tile is None:
+        tile = pallas.DEFAULT_TILE if name == "pallas" else DEFAULT_TILE
     if name == "pallas":
         if jax.default_backend() != "gpu" and not _warned_interpret:
             _warned_interpret = True
@@ -86,7 +88,7 @@ def render(params: P.GaussianParams, height: int, width: int, *, backend: str = 
                         "correct but slow; use 'xla' or 'auto' for speed",
                         jax.default_backend())
         if capacity is None and not _is_traced(params):
-            capacity = pair_capacity(params, height, width, tile or pallas.DEFAULT_TILE)
+            capacity = pair_capacity(params, height, width, tile)
     return _render(params, height, width, backend=name, tile=tile, chunk=chunk,
                    capacity=capacity)
 
@@ -97,6 +99,5 @@ def _render(params, height, width, *, backend, tile, chunk, capacity):
     if backend == "reference":
         return render_reference(params, height, width)
     if backend == "pallas":
-        return render_pallas(params, height, width, tile=tile or pallas.DEFAULT_TILE,
-                             capacity=capacity)
-    return render_xla(params, height, width, tile=tile or DEFAULT_TILE, chunk=chunk)
+        return render_pallas(params, height, width, tile=tile, capacity=capacity)
+    return render_xla(params, height, width, tile=tile, chunk=chunk)

@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 
 from smartsplat_jax import params as P
+from smartsplat_jax.init.variational import s_base, variational_scales
 
-__all__ = ["auto_backend", "decisions"]
+__all__ = ["auto_backend", "decisions", "median_seconds", "synthetic_scene"]
 
 log = logging.getLogger("smartsplat_jax.render")
 
@@ -40,17 +41,36 @@ def decisions() -> dict[str, tuple[str, str]]:
     return dict(_decisions)
 
 
-def _probe_params(size: int, cr: float) -> P.GaussianParams:
-    """SmartSplat-like scene (SPEC §4.4 scales: s_base exp(-w/2), s_base = sqrt(HW/(pi N))/3)."""
-    n = P.num_gaussians(size, size, cr)
-    k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(0), 4)
-    s_base = (size * size / (jnp.pi * n)) ** 0.5 / 3.0
-    return P.GaussianParams(
+def synthetic_scene(key: jax.Array, height: int, width: int, n: int) -> P.GaussianParams:
+    """N Gaussians with SmartSplat-like initial scales for an H x W image (no image needed).
+
+    Uniform means; per-axis scales s_base exp(-w/2) px with w ~ U(0, 1) (SPEC §4.4, Eq. 15
+    and 17); uniform colours, normal raw angles, opacity 1. Used by the backend probe and
+    `experiments.bench_render`.
+    """
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    return P.GaussianParams.create(
         means=jax.random.uniform(k1, (n, 2), minval=-1.0, maxval=1.0),
-        scales=s_base * jnp.exp(-0.5 * jax.random.uniform(k2, (n, 2))),
-        rotation=jax.random.normal(k3, (n, 1)),
-        colors=jax.random.uniform(k4, (n, 3)),
-        opacity=jnp.ones((n, 1)))
+        scales=variational_scales(jax.random.uniform(k2, (n, 2)), s_base(height, width, n)),
+        colors=jax.random.uniform(k3, (n, 3)),
+        rotation=jax.random.normal(k4, (n, 1)))
+
+
+def median_seconds(fn, *args, repeats: int, warmup: int = 2) -> float:
+    """Median wall seconds of fn(*args) over `repeats` calls, after `warmup` calls
+    (each call waited for with block_until_ready)."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _probe_params(size: int, cr: float) -> P.GaussianParams:
+    return synthetic_scene(jax.random.PRNGKey(0), size, size, P.num_gaussians(size, size, cr))
 
 
 def _time_fwd_bwd(backend: str, params: P.GaussianParams, size: int) -> float:
@@ -61,13 +81,7 @@ def _time_fwd_bwd(backend: str, params: P.GaussianParams, size: int) -> float:
     target = jnp.full((size, size, 3), 0.5)
     step = jax.jit(jax.grad(lambda p: jnp.mean(jnp.abs(
         render(p, size, size, backend=backend, capacity=capacity) - target))))
-    jax.block_until_ready(step(params))
-    times = []
-    for _ in range(_PROBE_REPEATS):
-        t0 = time.perf_counter()
-        jax.block_until_ready(step(params))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_seconds(step, params, repeats=_PROBE_REPEATS, warmup=1)
 
 
 def _decide(device) -> tuple[str, str]:
