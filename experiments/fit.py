@@ -35,7 +35,8 @@ _SEED = flags.DEFINE_integer("seed", None, "PRNG seed of the initialization.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.")
 _RESUME = flags.DEFINE_bool("resume", False, "Continue from the workdir's latest checkpoint.")
 _QAT = flags.DEFINE_integer("qat_steps", None,
-                            "Quantization fine-tuning steps (default 10% of steps, 20..1000).")
+                            "How many of the steps, at the end, train through the file's "
+                            "quantizer (default 10%, at least 20).")
 
 _TRAIN_FIELDS = ("lambda_l1", "lr_means", "lr_scales", "lr_colors", "lr_rotation",
                  "chunk_steps", "eval_every", "checkpoint_every")

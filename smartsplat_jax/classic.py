@@ -14,7 +14,7 @@ import io
 import numpy as np
 from PIL import Image, features
 
-__all__ = ["FORMATS", "available", "encode_at_bytes"]
+__all__ = ["FORMATS", "available", "encode_at_bytes", "rd_curve"]
 
 FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF"}
 
@@ -60,3 +60,30 @@ def encode_at_bytes(image: np.ndarray, fmt: str, max_bytes: int):
     q, data = best
     decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.float32) / 255.0
     return data, decoded, q
+
+
+def rd_curve(image: np.ndarray, fmt: str, qualities=(5, 15, 30, 50, 70, 85, 95)) -> list[dict]:
+    """Rate-distortion points of `fmt` on `image` ([H, W, 3] float in [0, 1]).
+
+    Returns:
+      [{"quality", "bytes", "bpp", "psnr", "ms_ssim"}] per quality (ms_ssim None for images
+      whose shorter side is <= 160 px).
+    """
+    from smartsplat_jax import metrics
+
+    if not available(fmt):
+        raise ValueError(f"this Pillow build cannot write {fmt}")
+    image = np.asarray(image, np.float32)
+    h, w = image.shape[:2]
+    im = Image.fromarray(np.clip(np.round(image * 255), 0, 255).astype(np.uint8))
+    out = []
+    for q in qualities:
+        data = _encode(im, fmt, int(q))
+        decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.float32) / 255.0
+        try:
+            ms = metrics.ms_ssim(decoded, image)
+        except ValueError:
+            ms = None
+        out.append({"quality": int(q), "bytes": len(data), "bpp": 8.0 * len(data) / (h * w),
+                    "psnr": metrics.psnr(decoded, image), "ms_ssim": ms})
+    return out

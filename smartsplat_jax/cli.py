@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="target compression ratio: the file has at most 3*H*W/CR bytes")
     c.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
     c.add_argument("--qat-steps", type=int, default=None,
-                   help="quantization fine-tuning steps (default: 10%% of --steps, 20..1000)")
+                   help="how many of the --steps, at the end, train through the file's "
+                        "quantizer (default: 10%%, at least 20)")
     c.add_argument("--method", default="smartsplat", choices=METHODS)
     c.add_argument("--backend", default="auto", help="renderer: auto | xla | pallas | reference")
     c.add_argument("--seed", type=int, default=0, help="PRNG seed of the initialization")
@@ -118,9 +119,8 @@ def _info(args) -> int:
           f"  Gaussians    {info.num_gaussians}\n"
           f"  file size    {info.file_bytes} bytes, {info.bytes_per_gaussian:.3f} bytes/Gaussian\n"
           f"  real CR      {info.compression_ratio:.2f} (raw 8-bit RGB / file)\n"
-          f"  quantization positions 1/{1 << s.pos_frac_bits} px, scales {s.scale_bits} bits, "
-          f"angle {s.angle_bits} bits, colours {s.color_bits} bits, "
-          + (f"opacity {s.opacity_bits} bits" if s.opacity_bits else "opacity 1"))
+          f"  header       {info.header_bytes} bytes (checksum included)\n"
+          f"  quantization {s.describe()}")
     return 0
 
 

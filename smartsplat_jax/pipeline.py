@@ -34,64 +34,60 @@ from smartsplat_jax import codec
 from smartsplat_jax import io as sio
 from smartsplat_jax import metrics
 from smartsplat_jax import params as P
-from smartsplat_jax.codec.rate import byte_budget, fit_budget, rung_of, spec_for_budget
+from smartsplat_jax.codec.quantize import QuantSpec
+from smartsplat_jax.codec.rate import BudgetQuantizer, byte_budget, fit_budget
 from smartsplat_jax.render import output_size, render, rescale_params, resolve_backend
-from smartsplat_jax.train import config_for_method, fit, initialize, quantization_finetune
+from smartsplat_jax.train import config_for_method, fit, initialize
 from smartsplat_jax.train.config import FitConfig
 
-__all__ = ["run_fit", "compress_image", "encode_fitted", "decompress", "default_qat_steps",
+__all__ = ["run_fit", "compress_image", "encode_trained", "decompress",
            "save_params", "load_params", "check_workdir"]
 
 
-def default_qat_steps(steps: int) -> int:
-    """Quantization fine-tuning steps added after `steps` training steps: 10 %, 20..1000."""
-    return int(min(max(steps // 10, 20), 1000))
+def encode_trained(params: P.GaussianParams, history: dict, height: int, width: int,
+                   budget: int | None, *, backend: str = "auto") -> tuple[bytes, dict]:
+    """Encodes trained params with the quantizer their training ended with, within the budget.
 
-
-def encode_fitted(image, params: P.GaussianParams, config: FitConfig, cr: float, *,
-                  qat_steps: int, progress: bool = False) -> tuple[bytes, dict]:
-    """Fine-tunes trained float params for quantization and encodes them within the budget.
-
-    The budget is floor(3 H W / CR) bytes. The most precise `codec.rate.LADDER` rung whose
-    encoding of the float params fits is chosen, the params are fine-tuned for it
-    (`quantization_finetune`, `qat_steps`), and the result is encoded; if fine-tuning grew the
-    file past the budget, coarser rungs are tried with the same ranges.
+    After quantization-aware training (history["quant"], from `codec.rate.BudgetQuantizer`)
+    the params lie on that grid and the file stores exactly them. Without it, the quantizer
+    is planned now (`BudgetQuantizer.plan` then `finish`) and the params are rounded. If the
+    file is still over the budget, the steps are coarsened one increment at a time
+    (`codec.rate.fit_budget`).
 
     Returns:
-      (data, info): the .ssplat bytes and {"budget_bytes", "file_bytes", "fits_budget",
-      "quant" (the spec as a dict), "rung", "qat_steps", "qat_seconds" (choosing the
-      rung and fine-tuning), "encode_seconds" (the final encoding)}.
+      (data, info): the .ssplat bytes and {"budget_bytes", "file_bytes", "budget_used",
+      "fits_budget", "quant" (the spec as a dict), "quantization_aware", "encode_seconds"}.
     """
-    h, w = int(image.shape[0]), int(image.shape[1])
-    budget = byte_budget(h, w, cr)
     t0 = time.perf_counter()
-    rung, spec = spec_for_budget(params, h, w, budget)
-    params_q, qinfo = quantization_finetune(image, params, spec, config, qat_steps,
-                                            progress=progress)
-    t1 = time.perf_counter()
-    spec, data, fits = fit_budget(params_q, h, w, budget, start=rung, ranges_from=spec)
-    t2 = time.perf_counter()
-    return data, {"budget_bytes": budget, "file_bytes": len(data), "fits_budget": fits,
-                  "quant": dataclasses.asdict(spec), "rung": rung_of(spec),
-                  "qat_steps": qinfo["steps"], "qat_seconds": t1 - t0,
-                  "encode_seconds": t2 - t1}
+    record = history.get("quant")
+    if record:
+        spec = QuantSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
+    else:
+        q = BudgetQuantizer(height, width, budget, backend=backend)
+        spec, _ = q.finish(params, q.plan(params)[0])
+    spec, data, fits = fit_budget(params, height, width, budget, spec)
+    return data, {"budget_bytes": budget, "file_bytes": len(data),
+                  "budget_used": None if not budget else len(data) / budget,
+                  "fits_budget": fits, "quant": dataclasses.asdict(spec),
+                  "quantization_aware": bool(record), "encode_seconds": time.perf_counter() - t0}
 
 
-def _encode_and_decode(image, params: P.GaussianParams, config: FitConfig, cr: float,
-                       qat_steps: int | None, progress: bool) -> tuple[bytes, np.ndarray, dict]:
-    """Trained float params -> (file bytes, [H, W, 3] render of the decoded file, info).
+def _encode_and_decode(image, params: P.GaussianParams, history: dict, config: FitConfig,
+                       budget: int) -> tuple[bytes, np.ndarray, dict]:
+    """Trained params -> (file bytes, [H, W, 3] render of the decoded file, info).
 
-    info is `encode_fitted`'s plus psnr_float (before quantization), file_bytes, actual_cr,
-    bytes_per_gaussian and decode_seconds (file -> decoded render, compiled)."""
+    info is `encode_trained`'s plus psnr_float (the latent float params), psnr_before_qat,
+    qat_steps, actual_cr, bytes_per_gaussian and decode_seconds (file -> decoded render)."""
     h, w = int(image.shape[0]), int(image.shape[1])
     psnr_float = metrics.psnr(render(params, h, w, backend=config.backend), image)
-    qat_steps = default_qat_steps(config.steps) if qat_steps is None else qat_steps
-    data, enc = encode_fitted(image, params, config, cr, qat_steps=qat_steps, progress=progress)
+    data, enc = encode_trained(params, history, h, w, budget, backend=config.backend)
     t0 = time.perf_counter()
     decoded, _, _ = codec.decode(data)
     rendered = np.asarray(render(decoded, h, w, backend=config.backend))
-    info = {"psnr_float": psnr_float, "actual_cr": 3 * h * w / len(data),
-            "bytes_per_gaussian": len(data) / params.num,
+    info = {"psnr_float": psnr_float, "psnr_before_qat": history.get("psnr_before_qat"),
+            "qat_steps": (config.steps - history["qat_start"]
+                          if history.get("qat_start") is not None else 0),
+            "actual_cr": 3 * h * w / len(data), "bytes_per_gaussian": len(data) / params.num,
             "decode_seconds": time.perf_counter() - t0, **enc}
     return data, rendered, info
 
@@ -114,10 +110,11 @@ def decompress(data: bytes, *, width: int | None = None, height: int | None = No
 
 
 def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
-                   method: str = "smartsplat", steps: int = 1000, qat_steps: int | None = None,
-                   backend: str = "auto", seed: int = 0, progress: bool = True,
-                   **overrides) -> tuple[bytes, dict]:
+                   method: str = "smartsplat", steps: int = 1000, backend: str = "auto",
+                   seed: int = 0, progress: bool = True, **overrides) -> tuple[bytes, dict]:
     """Compresses an image file to .ssplat bytes (no files written).
+
+    `overrides` are FitConfig fields (qat_steps, lambda_l1, lr_*, ...).
 
     Returns:
       (data, result): the file's bytes and a dict with height, width, num_gaussians,
@@ -129,8 +126,10 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
     n = P.num_gaussians(h, w, cr)
     t0 = time.perf_counter()
     params0, _ = initialize(method, jax.random.PRNGKey(seed), image, n)
-    params, _ = fit(image, params0, config, progress=progress)
-    data, rendered, info = _encode_and_decode(image, params, config, cr, qat_steps, progress)
+    budget = byte_budget(h, w, cr)
+    params, history = fit(image, params0, config, progress=progress,
+                          quantizer=BudgetQuantizer(h, w, budget, backend=config.backend))
+    data, rendered, info = _encode_and_decode(image, params, history, config, budget)
     result = {"image": str(image_path), "height": h, "width": w, "cr": float(cr),
               "method": method, "num_gaussians": n, "steps": steps,
               "psnr": metrics.psnr(rendered, image), "seconds": time.perf_counter() - t0, **info}
@@ -181,7 +180,7 @@ def _curve(history: dict) -> "object":
 def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: float = 20.0,
             method: str = "smartsplat", steps: int = 2000, backend: str = "auto",
             seed: int = 0, resume: bool = False, progress: bool = True,
-            visualize: bool = True, qat_steps: int | None = None, **overrides) -> dict:
+            visualize: bool = True, **overrides) -> dict:
     """Compresses one image with `method` and writes the outputs listed in the module doc.
 
     Args:
@@ -193,8 +192,7 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
       backend: renderer backend.
       seed: PRNG seed of the initialization.
       resume: continue from workdir/checkpoints.
-      qat_steps: quantization fine-tuning steps after training (None: `default_qat_steps`).
-      overrides: further FitConfig fields (lambda_l1, lr_*, chunk_steps, eval_every, ...).
+      overrides: further FitConfig fields (qat_steps, lambda_l1, lr_*, chunk_steps, ...).
 
     Returns:
       The metrics dict that is also written to workdir/metrics.json.
@@ -222,8 +220,10 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
     else:
         init_psnr = metrics.psnr(render(params0, h, w, backend=config.backend), image)
 
-    params, history = fit(image, params0, config, workdir=out, resume=resume, progress=progress)
-    data, rendered, info = _encode_and_decode(image, params, config, cr, qat_steps, progress)
+    budget = byte_budget(h, w, cr)
+    params, history = fit(image, params0, config, workdir=out, resume=resume, progress=progress,
+                          quantizer=BudgetQuantizer(h, w, budget, backend=config.backend))
+    data, rendered, info = _encode_and_decode(image, params, history, config, budget)
     try:
         ms = metrics.ms_ssim(rendered, image)
         ms_note = None

@@ -14,7 +14,8 @@ from PIL import Image, ImageDraw
 from smartsplat_jax import io as sio
 from smartsplat_jax import params as P
 
-__all__ = ["colormap", "draw_gaussians", "annotate", "save_init_visualization", "line_plot"]
+__all__ = ["colormap", "draw_gaussians", "annotate", "save_init_visualization", "line_plot",
+           "curves_plot"]
 
 # A perceptually ordered dark-blue -> orange -> yellow ramp (8 anchors, linearly interpolated).
 _RAMP = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66],
@@ -157,4 +158,59 @@ def line_plot(series: dict[str, tuple[np.ndarray, np.ndarray]], *, title: str = 
             draw.ellipse((sx[0] - 2, sy[0] - 2, sx[0] + 2, sy[0] + 2), fill=(30, 90, 200))
         else:
             draw.line(list(zip(sx.tolist(), sy.tolist())), fill=(30, 90, 200), width=2)
+    return im
+
+
+SERIES_COLOURS = ((30, 90, 200), (220, 60, 40), (40, 160, 60), (150, 60, 180), (230, 150, 20),
+                  (90, 90, 90))
+
+
+def curves_plot(series: dict[str, tuple[np.ndarray, np.ndarray]], *, title: str = "",
+                xlabel: str = "", ylabel: str = "", size: tuple[int, int] = (640, 420),
+                log_x: bool = False) -> Image.Image:
+    """Several named (x, y) curves in one panel, each with markers and a legend entry.
+
+    Points are drawn in the order given (a curve is a polyline through them); non-finite
+    points are skipped. log_x: a log2 x axis (e.g. bits per pixel).
+    """
+    width, height = size
+    im = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(im)
+    left, right, top, bottom = 62, width - 15, 28, height - 40
+    draw.rectangle((left, top, right, bottom), outline=(0, 0, 0))
+    draw.text((left, 8), title, fill=(0, 0, 0))
+    draw.text((right - 7 * len(xlabel) - 4, bottom + 22), xlabel, fill=(0, 0, 0))
+    draw.text((4, top - 16), ylabel, fill=(0, 0, 0))
+    clean = {}
+    for name, (x, y) in series.items():
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        keep = np.isfinite(x) & np.isfinite(y) & ((x > 0) if log_x else True)
+        if keep.any():
+            clean[name] = (np.log2(x[keep]) if log_x else x[keep], y[keep])
+    if not clean:
+        return im
+    xs = np.concatenate([x for x, _ in clean.values()])
+    ys = np.concatenate([y for _, y in clean.values()])
+    x0, x1 = xs.min(), max(xs.max(), xs.min() + 1e-9)
+    y0, y1 = ys.min(), max(ys.max(), ys.min() + 1e-9)
+    pad = 0.05 * (y1 - y0)
+    y0, y1 = y0 - pad, y1 + pad
+    for frac in (0.0, 0.5, 1.0):
+        xv, yv = x0 + frac * (x1 - x0), y0 + frac * (y1 - y0)
+        sx = left + frac * (right - left)
+        sy = bottom - frac * (bottom - top)
+        draw.text((sx - 14, bottom + 6), f"{2 ** xv if log_x else xv:.3g}", fill=(0, 0, 0))
+        draw.text((4, sy - 6), f"{yv:.4g}", fill=(0, 0, 0))
+        draw.line((left, sy, left + 4, sy), fill=(0, 0, 0))
+    for i, (name, (x, y)) in enumerate(clean.items()):
+        colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
+        sx = left + (x - x0) / (x1 - x0) * (right - left)
+        sy = bottom - (y - y0) / (y1 - y0) * (bottom - top)
+        if len(x) > 1:
+            draw.line(list(zip(sx.tolist(), sy.tolist())), fill=colour, width=2)
+        for px, py in zip(sx, sy):
+            draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=colour)
+        ly = top + 6 + 14 * i
+        draw.rectangle((right - 150, ly + 2, right - 140, ly + 10), fill=colour)
+        draw.text((right - 135, ly), name, fill=(0, 0, 0))
     return im

@@ -1,12 +1,10 @@
-"""The `smartsplat` command line end to end, and quantization fine-tuning."""
+"""The `smartsplat` command line end to end."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,7 +13,6 @@ from smartsplat_jax import DEMO_IMAGE, codec, load_image, metrics, save_image
 from smartsplat_jax import params as P
 from smartsplat_jax.cli import main
 from smartsplat_jax.render import render
-from smartsplat_jax.train import config_for_method, fit, initialize, quantization_finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +25,7 @@ def compressed(tmp_path_factory):
     src = d / "crop.png"
     save_image(src, img)
     out = d / "crop.ssplat"
-    assert main(["compress", str(src), str(out), "--cr=12", "--steps=30", "--qat-steps=10",
+    assert main(["compress", str(src), str(out), "--cr=12", "--steps=30", "--qat-steps=6",
                  "--quiet"]) == 0
     return src, out, img
 
@@ -37,7 +34,7 @@ def test_compress_writes_a_file_within_budget(compressed, capsys):
     src, out, img = compressed
     h, w = img.shape[:2]
     data = out.read_bytes()
-    assert len(data) <= 3 * h * w / 12
+    assert 0.97 * (3 * h * w // 12) <= len(data) <= 3 * h * w / 12
     info = codec.read_info(data)
     assert (info.height, info.width, info.num_gaussians) == (h, w, P.num_gaussians(h, w, 12))
     params, _, _ = codec.decode(data)
@@ -49,7 +46,7 @@ def test_info(compressed, capsys):
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert f"{img.shape[1]}x{img.shape[0]} px" in text and "bytes/Gaussian" in text
-    assert "real CR" in text and "version 1" in text
+    assert "real CR" in text and "version 2" in text
     assert main(["info", str(out), "--json"]) == 0
     assert '"num_gaussians"' in capsys.readouterr().out
 
@@ -115,45 +112,3 @@ def test_module_entry_point_and_usage_errors(compressed):
     bad = subprocess.run([sys.executable, "-m", "smartsplat_jax", "compress", "a.png"], cwd=ROOT,
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "required" in bad.stderr and "Traceback" not in bad.stderr
-
-
-def test_quantization_finetune_beats_plain_rounding():
-    """On a fitted crop, the staged fine-tuning leaves a smaller quantization loss than
-    rounding the trained parameters, and its positions/scales/angles lie on the grid."""
-    img = load_image(DEMO_IMAGE)[150:246, 250:378]
-    h, w = img.shape[:2]
-    cfg = config_for_method("smartsplat", steps=150, eval_every=0, checkpoint_every=0)
-    p0, _ = initialize("smartsplat", jax.random.PRNGKey(0), img, P.num_gaussians(h, w, 10))
-    params, _ = fit(img, p0, cfg, progress=False)
-    spec = codec.choose_spec(params, h, w, pos_frac_bits=1, scale_bits=6, angle_bits=5,
-                             color_bits=6)
-    plain = codec.decode(codec.encode(params, h, w, spec=spec))[0]
-    tuned, info = quantization_finetune(img, params, spec, cfg, 40)
-    assert info["steps"] == 40
-    q = codec.dequantize(codec.quantize(tuned, spec, h, w), spec, h, w)
-    np.testing.assert_allclose(q.means, tuned.means, atol=1e-6)
-    np.testing.assert_allclose(q.scales, np.abs(tuned.scales), rtol=1e-5)
-    finetuned = codec.decode(codec.encode(tuned, h, w, spec=spec))[0]
-    assert metrics.psnr(render(finetuned, h, w), img) > metrics.psnr(render(plain, h, w), img) + 0.1
-
-
-def test_fit_config_quant_trains_through_the_quantizer():
-    """FitConfig.quant: the loss is that of the quantized render (straight-through)."""
-    from smartsplat_jax.train import loss_value
-
-    img = load_image(DEMO_IMAGE)[150:214, 250:314]
-    h, w = img.shape[:2]
-    p0, _ = initialize("random", jax.random.PRNGKey(1), img, 60)
-    spec = codec.choose_spec(p0, h, w, pos_frac_bits=0, color_bits=3)
-    cfg = config_for_method("smartsplat", steps=3, quant=spec, eval_every=3, checkpoint_every=0)
-    plain = config_for_method("smartsplat", steps=3)
-    q = codec.dequantize(codec.quantize(p0, spec, h, w), spec, h, w)
-    np.testing.assert_allclose(loss_value(p0, img, cfg)[0], loss_value(q, img, plain)[0],
-                               rtol=1e-4)
-    grads = jax.grad(lambda p: loss_value(p, img, cfg)[0])(p0)
-    assert float(jnp.abs(grads.colors).sum()) > 0  # gradients pass the rounding
-    params, hist = fit(img, p0, cfg, progress=False)
-    assert hist["eval"][-1]["psnr"] == pytest.approx(metrics.psnr(render(
-        codec.fake_quantize(params, spec, h, w), h, w), img), abs=1e-6)
-    with pytest.raises(ValueError, match="quant="):
-        config_for_method("smartsplat", quant="8 bits")

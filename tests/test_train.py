@@ -1,5 +1,6 @@
 """smartsplat_jax.train and the launchers: optimizer groups, fitting, resume, NaN handling."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,12 +11,16 @@ import jax
 import numpy as np
 import pytest
 
+import jax.numpy as jnp
+
 from smartsplat_jax import codec, load_image, metrics, num_gaussians, save_image
 from smartsplat_jax import params as P
-from smartsplat_jax.pipeline import load_params
+from smartsplat_jax.codec.rate import BudgetQuantizer, byte_budget
+from smartsplat_jax.pipeline import encode_trained, load_params
 from smartsplat_jax.render import render
-from smartsplat_jax.train import (TrainingDiverged, config_for_method, fit, initialize,
-                                  make_optimizer)
+from smartsplat_jax.train import (TrainingDiverged, config_for_method, default_qat_steps, fit,
+                                  initialize, make_optimizer)
+from smartsplat_jax.train.loop import _run_chunk
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +94,114 @@ def test_resume_equals_uninterrupted(small_photo, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def _qat_setup(small_photo, steps=60, qat=20, cr=12):
+    _, img = small_photo
+    h, w = img.shape[:2]
+    p0, _ = initialize("smartsplat", jax.random.PRNGKey(2), img, num_gaussians(h, w, cr))
+    cfg = config_for_method("smartsplat", steps=steps, qat_steps=qat, chunk_steps=10,
+                            eval_every=0, checkpoint_every=20, backend="xla")
+    return img, h, w, p0, cfg, BudgetQuantizer(h, w, byte_budget(h, w, cr), backend="xla")
+
+
+def test_quantization_aware_training_ends_on_the_files_render(small_photo):
+    """The last phase trains through the quantizer in the same compiled chunks: training ends
+    with parameters on the grid, and the render it reports is the decoded file's."""
+    img, h, w, p0, cfg, quantizer = _qat_setup(small_photo)
+    before = _run_chunk._cache_size()
+    params, hist = fit(img, p0, cfg, progress=False, quantizer=quantizer)
+    assert _run_chunk._cache_size() == before + 1  # float and quantized steps: one compile
+    assert hist["qat_start"] == 40 and hist["quant"] is not None
+    spec = codec.QuantSpec(**{k: tuple(v) if isinstance(v, list) else v
+                              for k, v in hist["quant"].items()})
+    g = codec.grid(spec)
+    # On the grid: quantizing again changes nothing (up to float rounding of the conversions
+    # between pixels and normalized units inside and outside the compiled step).
+    on_grid = codec.fake_quantize(params, g, h, w)
+    for a, b in zip(jax.tree_util.tree_leaves(on_grid), jax.tree_util.tree_leaves(params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    data, info = encode_trained(params, hist, h, w, byte_budget(h, w, 12))
+    assert info["quantization_aware"] and info["fits_budget"]
+    assert codec.read_info(data).spec == spec  # the grid training ended on
+    assert info["budget_used"] >= 0.97
+    decoded = codec.decode(data)[0]
+    trained = render(params, h, w, backend="xla")
+    np.testing.assert_allclose(render(decoded, h, w, backend="xla"), trained, atol=1e-5)
+    assert hist["eval"][-1]["psnr"] == pytest.approx(metrics.psnr(trained, img), abs=1e-9)
+    lo, hi = cfg.color_bounds
+    assert float(params.colors.min()) >= lo and float(params.colors.max()) <= hi
+
+
+def test_quantization_aware_phase_beats_rounding():
+    """In the converged regime (an image that N Gaussians represent exactly, training started
+    at the optimum): rounding the optimum to a coarse grid loses; the quantization-aware phase
+    (positions, then scales and angles, snapped while the rest re-fits) recovers a good part."""
+    rng = np.random.default_rng(7)
+    h, w, n = 48, 64, 40
+    xy = np.stack([rng.uniform(4, w - 4, n), rng.uniform(4, h - 4, n)], 1)
+    true = P.GaussianParams.create(
+        means=P.pixel_to_normalized(jnp.asarray(xy), h, w), scales=rng.uniform(2.0, 6.0, (n, 2)),
+        rotation=rng.normal(0, 1, (n, 1)), colors=rng.uniform(0.05, 0.35, (n, 3)))
+    img = np.asarray(render(true, h, w, backend="xla"))
+    spec = codec.choose_spec(true, h, w, pos_exp=-12, scale_exp=-24, color_exp=-48)
+    cfg = config_for_method("smartsplat", steps=60, qat_steps=40, chunk_steps=20, eval_every=0,
+                            checkpoint_every=0, backend="xla")
+    floated, _ = fit(img, true, cfg, progress=False)
+    rounded = codec.decode(codec.encode(floated, h, w, spec=spec))[0]
+    aware, _ = fit(img, true, cfg, progress=False, quantizer=spec)
+    decoded = codec.decode(codec.encode(aware, h, w, spec=spec))[0]
+    psnr = {"float": metrics.psnr(render(floated, h, w, backend="xla"), img),
+            "rounded": metrics.psnr(render(rounded, h, w, backend="xla"), img),
+            "aware": metrics.psnr(render(decoded, h, w, backend="xla"), img)}
+    assert psnr["float"] > 60 and psnr["rounded"] < 45, psnr
+    assert psnr["aware"] > psnr["rounded"] + 2.0, psnr  # measured: +2.9 dB
+
+
+def test_resume_inside_the_quantization_aware_phase(small_photo, tmp_path):
+    """A run killed at the phase start, or inside it, resumes to the same parameters as an
+    uninterrupted one; inside the phase the checkpoint's quantizer is reused."""
+    img, h, w, p0, cfg, quantizer = _qat_setup(small_photo)
+    full, full_hist = fit(img, p0, cfg, progress=False, quantizer=quantizer)
+    calls = []
+
+    class Counting(BudgetQuantizer):
+        def plan(self, p):
+            calls.append(1)
+            return super().plan(p)
+
+    counting = Counting(h, w, quantizer.budget, backend="xla")
+
+    for every, kept, chosen in ((20, 40, [1]), (10, 50, [])):
+        work = tmp_path / f"every{every}"
+        run = dataclasses.replace(cfg, checkpoint_every=every)
+        fit(img, p0, run, workdir=work, progress=False, quantizer=quantizer)
+        for f in (work / "checkpoints").glob("*.npz"):
+            if int(f.stem.split("_")[1]) > kept:
+                f.unlink()  # as if killed after the step-`kept` checkpoint
+        calls.clear()
+        resumed, hist = fit(img, p0, run, workdir=work, resume=True, progress=False,
+                            quantizer=counting)
+        assert hist["resumed_from"] == kept and calls == chosen
+        assert hist["quant"] == full_hist["quant"]
+        for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_qat_and_colour_bound_fields_are_checked():
+    with pytest.raises(ValueError, match="qat_steps=-3"):
+        config_for_method("smartsplat", qat_steps=-3)
+    with pytest.raises(ValueError, match="color_bounds"):
+        config_for_method("smartsplat", color_bounds=(2.0, 1.0))
+    with pytest.raises(ValueError, match="color_bounds"):
+        config_for_method("smartsplat", color_bounds=(-100.0, 1.0))
+    with pytest.raises(ValueError, match="qat_lr_scale"):
+        config_for_method("smartsplat", qat_lr_scale=0.0)
+    assert config_for_method("smartsplat", steps=1000).qat_steps_used == 20
+    assert config_for_method("smartsplat", steps=20000).qat_steps_used == 400
+    assert config_for_method("smartsplat", steps=10).qat_steps_used == 5
+    assert config_for_method("smartsplat", steps=10, qat_steps=30).qat_steps_used == 10
+    assert default_qat_steps(50_000) == 1000 and default_qat_steps(10**6) == 1000
+
+
 def test_divergence_stops_with_clear_message(small_photo, tmp_path):
     _, img = small_photo
     h, w = img.shape[:2]
@@ -97,7 +210,7 @@ def test_divergence_stops_with_clear_message(small_photo, tmp_path):
     good, _ = fit(img, p0, ok, workdir=tmp_path, progress=False)
     before = sorted((tmp_path / "checkpoints").iterdir())
     bad = config_for_method("smartsplat", steps=40, chunk_steps=10, eval_every=0,
-                            checkpoint_every=10, lr_colors=3e38)
+                            checkpoint_every=10, lr_means=3e38)
     with pytest.raises(TrainingDiverged, match=r"stopped at step \d+.*last good checkpoint"):
         fit(img, p0, bad, workdir=tmp_path, resume=True, progress=False)
     assert sorted((tmp_path / "checkpoints").iterdir()) == before
@@ -130,8 +243,9 @@ def test_fit_launcher_end_to_end(small_photo, tmp_path):
     assert m["psnr_float"] == pytest.approx(metrics.psnr(render(params, h, w), img), abs=1e-6)
     data = (work / "image.ssplat").read_bytes()
     assert m["file_bytes"] == len(data) <= 3 * h * w / 15 and m["fits_budget"]
+    assert m["budget_used"] >= 0.97 and m["psnr_before_qat"] is not None
     assert m["actual_cr"] == pytest.approx(3 * h * w / len(data))
-    assert m["qat_steps"] == 20  # the default minimum
+    assert m["qat_steps"] == 10  # the default: 2 % of the steps, at least 20, at most half
     decoded, dh, dw = codec.decode(data)
     assert (dh, dw) == (h, w) and decoded.num == params.num
     rendered = render(decoded, h, w)  # what the user gets

@@ -1,18 +1,21 @@
-"""Real compressed files: quantization, entropy coding and the `.ssplat` format.
+"""Real compressed files: the quantizer, entropy coding and the `.ssplat` format.
 
-  data = encode(params, height, width)          # bytes of a .ssplat file
-  params, height, width = decode(data)          # float32 params, Morton-ordered
-  info = read_info(data)                        # header: size, N, bytes/Gaussian, real CR
+  data = encode(params, height, width, spec=spec)   # bytes of a .ssplat file
+  params, height, width = decode(data)               # float32 params, Morton-ordered
+  info = read_info(data)                             # header: size, N, bytes/Gaussian, real CR
 
-See `quantize` for the bit depths and `format` for the byte layout and the decoder's limits.
+`quantize` is the one quantizer (jax; the encoder, the decoder and quantization-aware training
+all use it), `entropy` the range coder and its adaptive models, `format` the byte layout and
+the decoder's limits, `rate` the choice of steps and of N for a byte budget.
 """
 
-from smartsplat_jax.codec.format import (HEADER_BYTES, MAGIC, MAX_GAUSSIANS, MAX_SIDE, VERSION,
-                                         CodecError, FileInfo, decode, encode, morton_decode,
-                                         morton_encode, read_info)
-from smartsplat_jax.codec.quantize import (QUANT_LIMITS, QuantSpec, choose_spec, dequantize,
-                                           fake_quantize, quantize)
+from smartsplat_jax.codec.format import (MAGIC, MAX_GAUSSIANS, MAX_SIDE, VERSION, CodecError,
+                                         FileInfo, decode, decode_codes, encode, encode_codes,
+                                         header_bytes, morton_decode, morton_encode, read_info)
+from smartsplat_jax.codec.quantize import (QUANT_LIMITS, Codes, Grid, QuantSpec, choose_spec,
+                                           dequantize, fake_quantize, grid, project, quantize)
 
-__all__ = ["HEADER_BYTES", "MAGIC", "MAX_GAUSSIANS", "MAX_SIDE", "VERSION", "CodecError",
-           "FileInfo", "QUANT_LIMITS", "QuantSpec", "choose_spec", "decode", "dequantize",
-           "encode", "fake_quantize", "morton_decode", "morton_encode", "quantize", "read_info"]
+__all__ = ["MAGIC", "MAX_GAUSSIANS", "MAX_SIDE", "VERSION", "CodecError", "Codes", "FileInfo",
+           "Grid", "QUANT_LIMITS", "QuantSpec", "choose_spec", "decode", "decode_codes",
+           "dequantize", "encode", "encode_codes", "fake_quantize", "grid", "header_bytes",
+           "morton_decode", "morton_encode", "project", "quantize", "read_info"]

@@ -1,74 +1,75 @@
-"""The `.ssplat` file format: header, entropy-coded payload, checksum.
+"""The `.ssplat` file format (version 2): header, range-coded payload, checksum.
 
-Layout (version 1, all integers little-endian):
+Layout:
 
-  offset size  field
-  0      4     magic b"SSPL"
-  4      1     version (1)
-  5      1     flags (0; reserved)
-  6      4     height, px (u32)
-  10     4     width, px (u32)
-  14     4     N, the number of Gaussians (u32)
-  18     1     pos_frac_bits: position grid step 2**-pos_frac_bits px
-  19     1     delta_bytes: bytes per Morton-code delta
-  20     1     scale_bits
-  21     1     angle_bits
-  22     1     color_bits
-  23     1     opacity_bits (0: every opacity is 1, no opacity stream)
-  24     8     origin x, y of the position codes (i32, i32)
-  32     8     scale_lo, scale_hi: log2 px (f32, f32)
-  40     24    color_lo[3], color_hi[3] (f32)
-  64     8     opacity_lo, opacity_hi (f32, f32)
-  72     4     payload length in bytes (u32)
-  76     ...   payload: raw LZMA2 stream
-  end-4  4     CRC-32 of every byte before it
+  magic    4 bytes  b"SSPL"
+  version  1 byte   2
+  header   varints (LEB128; signed ones zigzag-coded), in this order:
+             height, width (px), N (the number of Gaussians), flags (bit 0: opacity stored),
+             pos_exp, scale_exp, scale_lo, scale_levels, angle_exp,
+             color_exp, color_lo[3], color_levels[3],
+             [opacity_exp, opacity_lo, opacity_levels  -- only when flags bit 0 is set]
+             origin x, y (the smallest position codes), payload length in bytes
+           (the quantizer's fields are those of `quantize.QuantSpec`; they define every grid)
+  payload  range-coded streams (`entropy`), a multiple of 4 bytes
+  crc      4 bytes  CRC-32 of every byte before it (little-endian)
 
-Payload, once decompressed: the Gaussians sorted along a Z-order (Morton) curve of their
-position codes, then stored attribute by attribute ("planar"), so that similar bytes sit
-together for the entropy coder:
-  * the Morton-code deltas (first code minus 0, then successive differences; non-negative),
-    as delta_bytes byte planes (low byte of every delta first);
-  * scale x codes, scale y codes, angle codes, red, green, blue codes, opacity codes (if
-    opacity_bits > 0): each N codes of 1 byte (bits <= 8) or 2 byte planes (bits > 8).
-
-Entropy coding: LZMA2 (Python's standard `lzma`, liblzma) with a fixed 16 MiB dictionary and
-the literal context switched off (lc=0), which suits planar small-alphabet streams. It costs
-no new dependency, is well kept, and its decoder can be bounded: we ask for at most the size
-the header implies and never more.
+Payload: the Gaussians sorted along a Z-order (Morton) curve of their position codes (minus
+the origin), then, stream by stream:
+  1. the Morton-code deltas (the first code, then successive differences): the bit length of
+     each (adaptive model over 0..63), then the bits below the leading one, raw;
+  2. the major-axis scale code (adaptive, scale_levels symbols);
+  3. the anisotropy, major minus minor code (adaptive, scale_levels symbols);
+  4. the angle code, uniform over the L(anisotropy) levels of `quantize.angle_levels_table`
+     (nothing for isotropic Gaussians);
+  5. the three luma/chroma colour codes, one adaptive stream per channel;
+  6. the opacity code (adaptive), only when stored.
+The adaptive models learn from what was already decoded (`entropy.AdaptiveModel`): nothing
+about them is stored.
 
 Limits (checked before anything is allocated; a file outside them is rejected):
-  1 <= height, width <= 65,536; 1 <= N <= min(height * width, 2**25); decoding needs
-  about 100 bytes of memory per Gaussian;
-  bit depths as in `quantize.QUANT_LIMITS`; 1 <= delta_bytes <= 8; ranges finite and inside
-  QUANT_LIMITS; origin inside the position box; payload length = file length - 80.
+  1 <= height, width <= 65,536; 1 <= N <= min(height * width, 2**25); quantizer fields as in
+  `quantize.QUANT_LIMITS`; origin inside the position box; payload length = file length
+  minus header and checksum, and at least `min_payload_bytes(N)`. Decoding needs about 150
+  bytes of memory per Gaussian.
+
+Version 1 files (smartsplat-jax 0.1: LZMA over fixed-bit-depth planes) are recognised and
+refused with a message saying so.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import lzma
-import struct
 import zlib
 
+import jax
 import numpy as np
 
 from smartsplat_jax import params as P
-from smartsplat_jax.codec.quantize import (QuantSpec, choose_spec, code_bytes, dequantize,
-                                           position_box, quantize)
+from smartsplat_jax.codec import entropy
+from smartsplat_jax.codec.quantize import (Codes, QuantSpec, angle_levels_table, choose_spec,
+                                           dequantize, grid, position_box, quantize)
 
-__all__ = ["MAGIC", "VERSION", "HEADER_BYTES", "MAX_SIDE", "MAX_GAUSSIANS", "CodecError",
-           "FileInfo", "encode", "decode", "read_info", "morton_encode", "morton_decode"]
+__all__ = ["MAGIC", "VERSION", "MAX_SIDE", "MAX_GAUSSIANS", "CodecError", "FileInfo", "encode",
+           "encode_codes", "decode", "read_info", "morton_encode", "morton_decode",
+           "header_bytes"]
 
 MAGIC = b"SSPL"
-VERSION = 1
-_HEADER = struct.Struct("<4sBBIII6B2i2f3f3f2fI")
-HEADER_BYTES = _HEADER.size  # 76
+VERSION = 2
 _CRC_BYTES = 4
 MAX_SIDE = 65_536
 MAX_GAUSSIANS = 1 << 25
-_DICT_SIZE = 1 << 24
-_LZMA_OPTIONS = {"lc": 0, "lp": 0, "pb": 0}
-_DECODE_FILTERS = [{"id": lzma.FILTER_LZMA2, "dict_size": _DICT_SIZE}]
+_MAX_EXPONENT = 64  # alphabet of the Morton-delta bit lengths
+
+
+def min_payload_bytes(n: int) -> int:
+    """The smallest payload a file of N Gaussians may have: 4 bytes per 256 Gaussians.
+
+    Real files use far more (about 3 to 8 bytes per Gaussian); the encoder pads with zeros
+    to reach it. It bounds the decoder's work by the file's size: a few bytes cannot claim
+    millions of Gaussians.
+    """
+    return 4 * -(-n // 256)
 
 
 class CodecError(ValueError):
@@ -84,8 +85,8 @@ class FileInfo:
     width: int
     num_gaussians: int
     file_bytes: int
+    header_bytes: int
     spec: QuantSpec
-    delta_bytes: int
     origin: tuple[int, int]
 
     @property
@@ -136,51 +137,122 @@ def morton_decode(code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (_compact(code).astype(np.int64), _compact(code >> np.uint64(1)).astype(np.int64))
 
 
-# ----------------------------------------------------------------------------- helpers
-
-def _planes(values: np.ndarray, nbytes: int) -> bytes:
-    """[N] unsigned ints -> nbytes planes of N bytes, low byte first."""
-    v = values.astype(np.uint64)
-    return b"".join((v >> np.uint64(8 * j)).astype(np.uint8).tobytes() for j in range(nbytes))
-
-
-def _unplanes(buf: memoryview, n: int, nbytes: int) -> np.ndarray:
-    out = np.zeros(n, np.uint64)
-    for j in range(nbytes):
-        out |= np.frombuffer(buf[j * n:(j + 1) * n], np.uint8).astype(np.uint64) << np.uint64(8 * j)
-    return out
+def _bit_length(v: np.ndarray) -> np.ndarray:
+    """[N] int64 bit lengths of uint64 values (0 for 0)."""
+    v = v.astype(np.uint64)
+    out = np.zeros(v.shape, np.int64)
+    for shift in (32, 16, 8, 4, 2, 1):
+        big = (v >> np.uint64(shift)) > 0
+        out += np.where(big, shift, 0)
+        v = np.where(big, v >> np.uint64(shift), v)
+    return out + (v > 0)
 
 
-def _stream_layout(spec: QuantSpec) -> list[tuple[str, int]]:
-    """(name, bits per code) of the attribute streams after the position deltas."""
-    streams = [("scale_x", spec.scale_bits), ("scale_y", spec.scale_bits),
-               ("angle", spec.angle_bits), ("red", spec.color_bits),
-               ("green", spec.color_bits), ("blue", spec.color_bits)]
-    if spec.opacity_bits:
-        streams.append(("opacity", spec.opacity_bits))
-    return streams
+# ----------------------------------------------------------------------------- varints
+
+def _uvarint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
 
 
-def _payload_size(n: int, delta_bytes: int, spec: QuantSpec) -> int:
-    return n * (delta_bytes + sum(code_bytes(b) for _, b in _stream_layout(spec)))
+def _svarint(v: int) -> bytes:
+    return _uvarint(2 * v if v >= 0 else -2 * v - 1)
+
+
+class _Reader:
+    def __init__(self, view: memoryview, pos: int, end: int):
+        self.view, self.pos, self.end = view, pos, end
+
+    def u(self, name: str) -> int:
+        v = shift = 0
+        while True:
+            if self.pos >= self.end:
+                raise CodecError(f"truncated header: it ends inside the field {name}")
+            b = self.view[self.pos]
+            self.pos += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return v
+            if shift > 63:
+                raise CodecError(f"header field {name} is not a valid varint (too long)")
+
+    def s(self, name: str) -> int:
+        v = self.u(name)
+        return v >> 1 if not v & 1 else -((v + 1) >> 1)
+
+
+def _header(height: int, width: int, n: int, spec: QuantSpec, origin, payload_len: int) -> bytes:
+    fields = [_uvarint(height), _uvarint(width), _uvarint(n), _uvarint(1 if spec.opacity_levels else 0),
+              _svarint(spec.pos_exp), _svarint(spec.scale_exp), _svarint(spec.scale_lo),
+              _uvarint(spec.scale_levels), _svarint(spec.angle_exp), _svarint(spec.color_exp),
+              *(_svarint(v) for v in spec.color_lo), *(_uvarint(v) for v in spec.color_levels)]
+    if spec.opacity_levels:
+        fields += [_svarint(spec.opacity_exp), _svarint(spec.opacity_lo),
+                   _uvarint(spec.opacity_levels)]
+    fields += [_svarint(int(origin[0])), _svarint(int(origin[1])), _uvarint(payload_len)]
+    return MAGIC + bytes([VERSION]) + b"".join(fields)
+
+
+def header_bytes(height: int, width: int, n: int, spec: QuantSpec, payload_len: int = 0) -> int:
+    """Bytes of header and checksum for a file of these dimensions (origin taken as 0)."""
+    return len(_header(height, width, n, spec, (0, 0), payload_len)) + _CRC_BYTES
 
 
 # ----------------------------------------------------------------------------- encode
 
+def _host_codes(codes: Codes) -> dict:
+    return {k: np.asarray(v).astype(np.int64) for k, v in codes._asdict().items()}
+
+
+def encode_codes(codes: Codes, spec: QuantSpec, height: int, width: int) -> bytes:
+    """The bytes of a .ssplat file holding these codes (as `quantize` returns them)."""
+    c = _host_codes(codes)
+    n = c["position"].shape[0]
+    pos = c["position"]
+    origin = pos.min(0)
+    rel = pos - origin
+    morton = morton_encode(rel[:, 0], rel[:, 1])
+    order = np.argsort(morton, kind="stable")
+    morton = morton[order]
+    deltas = np.diff(morton, prepend=np.uint64(0))
+    e = _bit_length(deltas)
+    enc = entropy.Encoder()
+    enc.adaptive(e, _MAX_EXPONENT)
+    mbits = np.maximum(e - 1, 0)
+    enc.raw(deltas & ((np.uint64(1) << mbits.astype(np.uint64)) - np.uint64(1)), mbits)
+    enc.adaptive(c["scale"][order], spec.scale_levels)
+    aniso = c["aniso"][order]
+    enc.adaptive(aniso, spec.scale_levels)
+    enc.uniform(c["angle"][order], angle_levels_table(spec)[aniso])
+    for j in range(3):
+        enc.adaptive(c["color"][order, j], spec.color_levels[j])
+    if spec.opacity_levels:
+        enc.adaptive(c["opacity"][order], spec.opacity_levels)
+    payload = enc.finish()
+    payload += bytes(max(0, min_payload_bytes(n) - len(payload)))  # zeros: never read
+    body = _header(height, width, n, spec, origin, len(payload)) + payload
+    return body + zlib.crc32(body).to_bytes(4, "little")
+
+
 def encode(params: P.GaussianParams, height: int, width: int, *,
-           spec: QuantSpec | None = None, preset: int = 6) -> bytes:
+           spec: QuantSpec | None = None) -> bytes:
     """Quantizes and entropy-codes Gaussians into the bytes of a .ssplat file.
 
     Args:
       params: N Gaussians fitted at height x width px (1 <= N <= MAX_GAUSSIANS).
       height, width: the image size in px (1..MAX_SIDE).
-      spec: the quantizer; None picks `choose_spec(params, height, width)` (8-bit codes,
-        1/4 px positions).
-      preset: LZMA effort 0..9 (6: the usual balance; the decoder does not depend on it).
+      spec: the quantizer; None: `choose_spec(params, height, width)` (default steps:
+        1/4 px, 1/16 octave, 1/256 colour).
 
     Returns:
-      The file's bytes. `decode` of them gives `dequantize(quantize(params, spec))` with the
-      Gaussians reordered along the Morton curve.
+      The file's bytes. `decode` of them gives `dequantize(quantize(params, grid(spec)))`
+      with the Gaussians in Morton order and the major axis first.
     """
     P._check_size(height, width)
     params = params.validate()
@@ -190,104 +262,95 @@ def encode(params: P.GaussianParams, height: int, width: int, *,
     if not 1 <= n <= min(MAX_GAUSSIANS, height * width):
         raise ValueError(f"N={n} Gaussians must be in [1, {min(MAX_GAUSSIANS, height * width)}]"
                          f" for a {height}x{width} image")
-    if not isinstance(preset, int) or not 0 <= preset <= 9:
-        raise ValueError(f"preset={preset!r} must be an integer in [0, 9]")
     spec = (spec or choose_spec(params, height, width)).check()
-    codes = quantize(params, spec, height, width)
-    pos = codes["position"]
-    origin = pos.min(0)
-    rel = pos - origin
-    morton = morton_encode(rel[:, 0], rel[:, 1])
-    order = np.argsort(morton, kind="stable")
-    morton = morton[order]
-    deltas = np.diff(morton, prepend=np.uint64(0))
-    delta_bytes = max(1, (int(deltas.max()).bit_length() + 7) // 8)
-    parts = [_planes(deltas, delta_bytes)]
-    columns = [codes["scales"][:, 0], codes["scales"][:, 1], codes["angle"],
-               codes["colors"][:, 0], codes["colors"][:, 1], codes["colors"][:, 2]]
-    if spec.opacity_bits:
-        columns.append(codes["opacity"])
-    for col, (_, bits) in zip(columns, _stream_layout(spec)):
-        parts.append(_planes(col[order], code_bytes(bits)))
-    raw = b"".join(parts)
-    filters = [{"id": lzma.FILTER_LZMA2, "preset": preset, "dict_size": _DICT_SIZE,
-                **_LZMA_OPTIONS}]
-    payload = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=filters)
-    header = _HEADER.pack(MAGIC, VERSION, 0, height, width, n, spec.pos_frac_bits, delta_bytes,
-                          spec.scale_bits, spec.angle_bits, spec.color_bits, spec.opacity_bits,
-                          int(origin[0]), int(origin[1]), spec.scale_lo, spec.scale_hi,
-                          *spec.color_lo, *spec.color_hi, spec.opacity_lo, spec.opacity_hi,
-                          len(payload))
-    body = header + payload
-    return body + struct.pack("<I", zlib.crc32(body))
+    codes = _quantize_jit(params, grid(spec), height, width)
+    return encode_codes(codes, spec, height, width)
+
+
+_quantize_jit = jax.jit(quantize, static_argnums=(2, 3))
+_dequantize_jit = jax.jit(dequantize, static_argnums=(2, 3))
 
 
 # ----------------------------------------------------------------------------- decode
 
-def _parse(data: bytes) -> tuple[FileInfo, memoryview]:
+def _parse(data) -> tuple[FileInfo, memoryview]:
     """Validates everything but the payload's content; returns (info, payload view)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes, got {type(data).__name__}")
     view = memoryview(data).cast("B")
     size = len(view)
     if size == 0:
-        raise CodecError("empty input: a .ssplat file has at least "
-                         f"{HEADER_BYTES + _CRC_BYTES} bytes")
+        raise CodecError("empty input: a .ssplat file starts with the bytes b'SSPL'")
     head = bytes(view[:4])
     if head != MAGIC:
         if size < 4 and MAGIC.startswith(head):
-            raise CodecError(f"truncated file: {size} bytes, the header alone needs "
-                             f"{HEADER_BYTES + _CRC_BYTES}")
+            raise CodecError(f"truncated file: {size} bytes, not even the magic number")
         raise CodecError(f"not a .ssplat file: magic bytes are {head!r}, expected {MAGIC!r}")
-    if size >= 5 and view[4] != VERSION:
-        raise CodecError(f"unsupported .ssplat version {view[4]}: this decoder reads version "
-                         f"{VERSION}" + ("; upgrade smartsplat_jax" if view[4] > VERSION else ""))
-    if size < HEADER_BYTES + _CRC_BYTES:
-        raise CodecError(f"truncated file: {size} bytes, the header alone needs "
-                         f"{HEADER_BYTES + _CRC_BYTES}")
-    (_, version, flags, height, width, n, pfb, delta_bytes, sb, ab, cb, ob, ox, oy, slo, shi,
-     *rest) = _HEADER.unpack_from(view, 0)
-    clo, chi, (olo, ohi), payload_len = tuple(rest[0:3]), tuple(rest[3:6]), rest[6:8], rest[8]
-    expected = HEADER_BYTES + payload_len + _CRC_BYTES
-    if size < expected:
-        raise CodecError(f"truncated file: {size} bytes, the header announces {expected} "
-                         f"(payload {payload_len} bytes)")
-    if size > expected:
-        raise CodecError(f"{size - expected} unexpected bytes after the end of the file "
-                         f"(the header announces {expected} bytes)")
-    stored = struct.unpack_from("<I", view, size - _CRC_BYTES)[0]
+    if size < 5:
+        raise CodecError(f"truncated file: {size} bytes, no version byte")
+    version = view[4]
+    if version == 1:
+        raise CodecError("this is a version 1 .ssplat file (written by smartsplat-jax 0.1, "
+                         "LZMA-coded); this decoder reads version 2: decode it with "
+                         "smartsplat-jax 0.1 (pip install 'smartsplat-jax<0.2'), or "
+                         "compress the image again")
+    if version != VERSION:
+        raise CodecError(f"unsupported .ssplat version {version}: this decoder reads version "
+                         f"{VERSION}" + ("; upgrade smartsplat_jax" if version > VERSION else ""))
+    if size < 5 + _CRC_BYTES:
+        raise CodecError(f"truncated file: {size} bytes, too short for a header and checksum")
+    stored = int.from_bytes(view[size - _CRC_BYTES:], "little")
     actual = zlib.crc32(view[:size - _CRC_BYTES])
     if stored != actual:
         raise CodecError(f"checksum mismatch (stored {stored:08x}, computed {actual:08x}): "
-                         "the file is damaged")
-    if flags != 0:
-        raise CodecError(f"header flags={flags} must be 0 in version {VERSION}")
+                         "the file is damaged or truncated")
+    r = _Reader(view, 5, size - _CRC_BYTES)
+    height, width, n, flags = r.u("height"), r.u("width"), r.u("N"), r.u("flags")
     for name, v in (("height", height), ("width", width)):
         if not 1 <= v <= MAX_SIDE:
             raise CodecError(f"header {name}={v} is outside [1, {MAX_SIDE}]")
     n_max = min(height * width, MAX_GAUSSIANS)
     if not 1 <= n <= n_max:
         raise CodecError(f"header N={n} is outside [1, {n_max}] for a {height}x{width} image")
-    if not 1 <= delta_bytes <= 8:
-        raise CodecError(f"header delta_bytes={delta_bytes} is outside [1, 8]")
+    if flags not in (0, 1):
+        raise CodecError(f"header flags={flags} must be 0 or 1 in version {VERSION}")
+    f = dict(pos_exp=r.s("pos_exp"), scale_exp=r.s("scale_exp"), scale_lo=r.s("scale_lo"),
+             scale_levels=r.u("scale_levels"), angle_exp=r.s("angle_exp"),
+             color_exp=r.s("color_exp"),
+             color_lo=tuple(r.s("color_lo") for _ in range(3)),
+             color_levels=tuple(r.u("color_levels") for _ in range(3)))
+    if flags & 1:
+        f.update(opacity_exp=r.s("opacity_exp"), opacity_lo=r.s("opacity_lo"),
+                 opacity_levels=r.u("opacity_levels"))
+        if f["opacity_levels"] < 1:
+            raise CodecError("header opacity_levels=0 while the flags say opacity is stored")
     try:
-        spec = QuantSpec(pos_frac_bits=pfb, scale_bits=sb, angle_bits=ab, color_bits=cb,
-                         opacity_bits=ob, scale_lo=slo, scale_hi=shi, color_lo=clo,
-                         color_hi=chi, opacity_lo=olo, opacity_hi=ohi).check()
+        spec = QuantSpec(**f).check()
     except ValueError as e:
         raise CodecError(f"header quantization parameters are invalid: {e}") from None
-    unit = 1 << pfb
+    ox, oy = r.s("origin x"), r.s("origin y")
+    payload_len = r.u("payload length")
+    unit = spec.pos_step
     (x0, x1), (y0, y1) = position_box(height, width)
-    if not (x0 * unit <= ox <= x1 * unit and y0 * unit <= oy <= y1 * unit):
+    lim_x = (np.floor(x0 / unit) - 1, np.ceil(x1 / unit) + 1)
+    lim_y = (np.floor(y0 / unit) - 1, np.ceil(y1 / unit) + 1)
+    if not (lim_x[0] <= ox <= lim_x[1] and lim_y[0] <= oy <= lim_y[1]):
         raise CodecError(f"header position origin ({ox}, {oy}) lies outside the position box "
-                         f"x in [{x0 * unit}, {x1 * unit}], y in [{y0 * unit}, {y1 * unit}] "
-                         "(grid units)")
+                         f"x in [{lim_x[0]:.0f}, {lim_x[1]:.0f}], y in [{lim_y[0]:.0f}, "
+                         f"{lim_y[1]:.0f}] (grid units)")
+    if payload_len < min_payload_bytes(n):
+        raise CodecError(f"header N={n} needs a payload of at least {min_payload_bytes(n)} "
+                         f"bytes, the file has {payload_len}: not a file this encoder wrote")
+    if r.pos + payload_len != size - _CRC_BYTES:
+        raise CodecError(f"header announces a {payload_len}-byte payload, the file holds "
+                         f"{size - _CRC_BYTES - r.pos} bytes between header and checksum")
     info = FileInfo(version=version, height=height, width=width, num_gaussians=n,
-                    file_bytes=size, spec=spec, delta_bytes=delta_bytes, origin=(ox, oy))
-    return info, view[HEADER_BYTES:HEADER_BYTES + payload_len]
+                    file_bytes=size, header_bytes=r.pos + _CRC_BYTES, spec=spec,
+                    origin=(ox, oy))
+    return info, view[r.pos:r.pos + payload_len]
 
 
-def read_info(data: bytes) -> FileInfo:
+def read_info(data) -> FileInfo:
     """The header of .ssplat bytes, after checking magic, version, length and checksum.
 
     Raises:
@@ -296,9 +359,51 @@ def read_info(data: bytes) -> FileInfo:
     return _parse(data)[0]
 
 
-def decode(data: bytes) -> tuple[P.GaussianParams, int, int]:
+def decode_codes(data) -> tuple[Codes, FileInfo]:
+    """(codes in Morton order, header) of a .ssplat file; see `decode`."""
+    info, payload = _parse(data)
+    try:
+        return _decode_payload(info, payload), info
+    except entropy.EntropyError as e:
+        raise CodecError(f"payload is damaged: {e}") from None
+
+
+def _decode_payload(info: FileInfo, payload) -> Codes:
+    n, spec = info.num_gaussians, info.spec
+    dec = entropy.Decoder(payload)
+    e = dec.adaptive(n, _MAX_EXPONENT)
+    if e.max() > 53:
+        raise CodecError("payload is damaged: a position delta is longer than 53 bits")
+    mbits = np.maximum(e - 1, 0)
+    mant = dec.raw(mbits)
+    deltas = np.where(e > 0, (np.uint64(1) << mbits.astype(np.uint64)) | mant, np.uint64(0))
+    with np.errstate(over="ignore"):
+        morton = np.cumsum(deltas, dtype=np.uint64)
+    if n > 1 and np.any(morton[1:] < morton[:-1]):
+        raise CodecError("payload is damaged: the position codes overflow")
+    x, y = morton_decode(morton)
+    unit = spec.pos_step
+    (x0, x1), (y0, y1) = position_box(info.height, info.width)
+    px, py = x + info.origin[0], y + info.origin[1]
+    if px.max() > np.ceil(x1 / unit) + 1 or py.max() > np.ceil(y1 / unit) + 1:
+        raise CodecError("payload is damaged: decoded positions lie outside the position box")
+    scale = dec.adaptive(n, spec.scale_levels)
+    aniso = dec.adaptive(n, spec.scale_levels)
+    if np.any(aniso > scale):
+        raise CodecError("payload is damaged: a minor-axis scale code is negative")
+    angle = dec.uniform(angle_levels_table(spec)[aniso])
+    color = np.stack([dec.adaptive(n, spec.color_levels[j]) for j in range(3)], -1)
+    opacity = dec.adaptive(n, spec.opacity_levels) if spec.opacity_levels else np.zeros(n, np.int64)
+    i32 = np.int32
+    return Codes(position=np.stack([px, py], -1).astype(i32), scale=scale.astype(i32),
+                 aniso=aniso.astype(i32), angle=angle.astype(i32), color=color.astype(i32),
+                 opacity=opacity.astype(i32))
+
+
+def decode(data) -> tuple[P.GaussianParams, int, int]:
     """(params, height, width) from the bytes of a .ssplat file.
 
+    The params are `dequantize` of the stored codes: float32, Morton order, major axis first.
     Memory is bounded by the header's N (itself bounded by MAX_GAUSSIANS and H*W), which is
     checked, with every other header field, before anything is allocated.
 
@@ -306,45 +411,7 @@ def decode(data: bytes) -> tuple[P.GaussianParams, int, int]:
       CodecError: wrong magic, unknown version, truncated or damaged file, header values
         outside the documented limits, or a payload that does not match its header.
     """
-    info, payload = _parse(data)
-    n, spec = info.num_gaussians, info.spec
-    want = _payload_size(n, info.delta_bytes, spec)
-    dec = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_DECODE_FILTERS)
-    try:
-        raw = dec.decompress(payload, max_length=want)
-    except lzma.LZMAError as e:
-        raise CodecError(f"payload is damaged: the LZMA2 decoder says {e}") from None
-    if len(raw) != want or not dec.eof or dec.unused_data:
-        why = ("shorter" if len(raw) < want else "longer" if not dec.eof
-               else "followed by extra data")
-        raise CodecError(f"payload does not match the header: it decompresses {why} than the "
-                         f"{want} bytes that N={n} and the bit depths imply")
-    buf = memoryview(raw)
-    db = info.delta_bytes
-    deltas = _unplanes(buf[:db * n], n, db)
-    with np.errstate(over="ignore"):
-        morton = np.cumsum(deltas, dtype=np.uint64)
-    if n > 1 and np.any(morton[1:] < morton[:-1]):
-        raise CodecError("payload is damaged: the position codes overflow")
-    x, y = morton_decode(morton)
-    unit = 1 << spec.pos_frac_bits
-    (x0, x1), (y0, y1) = position_box(info.height, info.width)
-    px = x + info.origin[0]
-    py = y + info.origin[1]
-    if (px.max() > x1 * unit) or (py.max() > y1 * unit):
-        raise CodecError("payload is damaged: decoded positions lie outside the position box")
-    off = db * n
-    cols = {}
-    for name, bits in _stream_layout(spec):
-        nb = code_bytes(bits)
-        cols[name] = _unplanes(buf[off:off + nb * n], n, nb).astype(np.uint32)
-        off += nb * n
-        if int(cols[name].max()) >> bits:
-            raise CodecError(f"payload is damaged: a {name} code exceeds {bits} bits")
-    codes = {"position": np.stack([px, py], -1),
-             "scales": np.stack([cols["scale_x"], cols["scale_y"]], -1),
-             "angle": cols["angle"],
-             "colors": np.stack([cols["red"], cols["green"], cols["blue"]], -1)}
-    if spec.opacity_bits:
-        codes["opacity"] = cols["opacity"]
-    return dequantize(codes, spec, info.height, info.width), info.height, info.width
+    codes, info = decode_codes(data)
+    params = _dequantize_jit(jax.tree_util.tree_map(np.asarray, codes), grid(info.spec),
+                             info.height, info.width)
+    return params, info.height, info.width

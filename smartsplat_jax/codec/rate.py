@@ -1,83 +1,299 @@
-"""Rate control: the most precise quantizer whose file fits a byte budget.
+"""Rate control: the quantizer steps that fill a byte budget, measured with the real coder.
 
-A target compression ratio CR allows floor(3 H W / CR) bytes. `LADDER` lists bit depths from
-the most to the least precise; `fit_budget` encodes with each in turn and keeps the first file
-that fits. Angle precision matters least (7 bits cost ~0.04 dB on photos), positions and
-colours most, so the ladder spends bits on those first.
+A target compression ratio CR allows floor(3 H W / CR) bytes (`byte_budget`). Three step
+sizes decide the rate: positions, log-scales (which also set the angle grid, see
+`quantize.angle_levels_table`) and colours. `plan` chooses them in two parts:
+
+  1. Allocation between the groups (`allocate`). For a uniform quantizer with step D_g the
+     added squared error is about c_g D_g^2 and the rate falls by n_g bits per halving of D_g
+     (n_g codes per Gaussian), so the distortion for a given rate is smallest at
+     D_g ~ sqrt(n_g / c_g) (equal slopes). c_g is measured on the Gaussians themselves: the
+     mean squared change of the render when group g is perturbed by uniform noise of a probe
+     step (two draws, independent of the target image).
+  2. The level (`spec_for_budget`): one integer q moves the steps together in 1/24-octave
+     increments (one group's step by 2**(1/8) at a time, round robin), and a bisection over q
+     finds the finest grid whose file, encoded by the real coder, fits `fill` of the budget.
+
+After quantization-aware training has put positions, scales and angles on their grid,
+`color_for_budget` picks the finest colour step that fits the budget exactly (colours train
+in float until then); `fit_budget` coarsens by single increments if nothing else fits.
+`BudgetQuantizer` packages both for `train.fit`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from smartsplat_jax import params as P
 from smartsplat_jax.codec.format import encode
-from smartsplat_jax.codec.quantize import QuantSpec, choose_spec
+from smartsplat_jax.codec.quantize import COLOR_BASIS, QUANT_LIMITS, QuantSpec, choose_spec
 
-__all__ = ["LADDER", "byte_budget", "fit_budget", "rung_of", "spec_for_budget"]
+__all__ = ["byte_budget", "Allocation", "allocate", "spec_at", "spec_for_budget", "fit_budget",
+           "level_range", "color_for_budget", "BudgetQuantizer", "DEFAULT_ALLOCATION"]
 
-# (pos_frac_bits, scale_bits, angle_bits, color_bits), most precise first.
-LADDER = (
-    (3, 8, 7, 9),
-    (3, 8, 7, 8),
-    (2, 8, 7, 8),
-    (2, 7, 7, 7),
-    (1, 7, 6, 7),
-    (1, 6, 6, 6),
-    (0, 5, 5, 5),
-)
+_GROUPS = ("pos_exp", "scale_exp", "color_exp")
+_CODES_PER_GAUSSIAN = {"pos_exp": 2.0, "scale_exp": 2.0, "color_exp": 3.0}
+_PROBE = {"pos_exp": -16, "scale_exp": -32, "color_exp": -64}  # 1/4 px, 1/16 octave, 1/256
 
 
 def byte_budget(height: int, width: int, cr: float) -> int:
     """floor(3 H W / CR): the largest file, in bytes, that honours compression ratio `cr`."""
     height, width = P._check_size(height, width)
-    if not (isinstance(cr, (int, float)) and math.isfinite(cr) and cr > 0):
+    if isinstance(cr, bool) or not isinstance(cr, (int, float)) or not math.isfinite(cr) or cr <= 0:
         raise ValueError(f"cr={cr!r} must be a finite number > 0")
     return int(3 * height * width // cr)
 
 
-def _spec(params, height, width, rung) -> QuantSpec:
-    pfb, sb, ab, cb = rung
-    return choose_spec(params, height, width, pos_frac_bits=pfb, scale_bits=sb, angle_bits=ab,
-                       color_bits=cb)
+@dataclasses.dataclass(frozen=True)
+class Allocation:
+    """Step exponents (in 1/8 octaves) of each group at level q = 0, and the angle factor."""
+
+    pos_exp: int = -16
+    scale_exp: int = -32
+    color_exp: int = -64
+    angle_exp: int = 0
+
+    def at(self, q: int) -> dict:
+        """The exponents at level q: each 3 levels coarsen every group by one exponent step,
+        colour first, then scale, then position."""
+        out = {}
+        for i, g in enumerate(("color_exp", "scale_exp", "pos_exp")):
+            out[g] = getattr(self, g) + (q + 2 - i) // 3
+        out["angle_exp"] = self.angle_exp
+        return out
 
 
-def fit_budget(params: P.GaussianParams, height: int, width: int, max_bytes: int | None, *,
-               start: int = 0, ranges_from: QuantSpec | None = None) -> tuple[QuantSpec, bytes, bool]:
-    """Encodes `params` with the first LADDER rung (from `start`) whose file has <= max_bytes.
+DEFAULT_ALLOCATION = Allocation()
+
+
+def _render_fn(height: int, width: int, backend: str):
+    from smartsplat_jax.render import render
+
+    return jax.jit(lambda p: render(p, height, width, backend=backend))
+
+
+def allocate(params: P.GaussianParams, height: int, width: int, *, backend: str = "auto",
+             key: jax.Array | None = None) -> Allocation:
+    """Steps per group that equalize distortion-rate slopes (module docstring, part 1).
 
     Args:
-      params: N Gaussians fitted at height x width px.
-      max_bytes: the byte budget; None takes the first rung.
-      start: first rung to try.
-      ranges_from: reuse this spec's ranges (only the bit depths change), e.g. the spec a
-        quantization-aware fine-tuning used.
+      params: trained Gaussians (N rows) at height x width px.
+      backend: renderer for the probe renders (7 renders in all).
+      key: PRNG key of the probe noise (default PRNGKey(0)).
 
     Returns:
-      (spec, data, fits): the spec used, the file's bytes, and whether it fits the budget.
-      When no rung fits, the last rung's (smallest) file is returned with fits=False.
+      An `Allocation` whose colour exponent is the probe's (-64) and the others are set
+      relative to it.
     """
-    data = spec = None
-    for rung in LADDER[start:]:
-        if ranges_from is not None:
-            pfb, sb, ab, cb = rung
-            spec = ranges_from.with_bits(pos_frac_bits=pfb, scale_bits=sb, angle_bits=ab,
-                                         color_bits=cb)
+    key = jax.random.PRNGKey(0) if key is None else key
+    f = _render_fn(height, width, backend)
+    base = f(params)
+    n = params.num
+    basis = jnp.asarray(COLOR_BASIS, jnp.float32)
+    cost = {}
+    for g, e in _PROBE.items():
+        step = 2.0 ** (e / 8)
+        acc = 0.0
+        for k in jax.random.split(jax.random.fold_in(key, len(cost)), 2):
+            if g == "pos_exp":
+                u = jax.random.uniform(k, (n, 2), minval=-0.5, maxval=0.5) * step
+                p = params.replace(means=params.means + 2.0 * u / jnp.asarray([width, height]))
+            elif g == "scale_exp":
+                u = jax.random.uniform(k, (n, 2), minval=-0.5, maxval=0.5) * step
+                p = params.replace(scales=params.scales * jnp.exp2(u))
+            else:
+                u = jax.random.uniform(k, (n, 3), minval=-0.5, maxval=0.5) * step
+                p = params.replace(colors=params.colors + u @ basis)
+            acc += float(jnp.mean(jnp.square(f(p) - base)))
+        cost[g] = max(acc / 2.0, 1e-30) / step ** 2
+    # D_g ~ sqrt(n_g / c_g), in exponent units relative to colour at its probe exponent.
+    logd = {g: 0.5 * math.log2(_CODES_PER_GAUSSIAN[g] / cost[g]) for g in cost}
+    ref = logd["color_exp"] - _PROBE["color_exp"] / 8
+    exps = {}
+    for g in cost:
+        lo, hi = QUANT_LIMITS[g]
+        exps[g] = int(np.clip(round(8 * (logd[g] - ref)), lo, hi))
+    return Allocation(**exps)
+
+
+def spec_at(params: P.GaussianParams, height: int, width: int, allocation: Allocation,
+            q: int) -> QuantSpec | None:
+    """The spec at level q, or None if a step leaves its limits or a range needs too many
+    codes."""
+    exps = allocation.at(q)
+    for g in _GROUPS:
+        lo, hi = QUANT_LIMITS[g]
+        if not lo <= exps[g] <= hi:
+            return None
+    try:
+        return choose_spec(params, height, width, **exps)
+    except ValueError:
+        return None
+
+
+def level_range(allocation: Allocation) -> tuple[int, int]:
+    """(q_min, q_max): the levels at which every step exponent is within QUANT_LIMITS."""
+    qs = [q for q in range(-2000, 2001)
+          if all(QUANT_LIMITS[g][0] <= v <= QUANT_LIMITS[g][1]
+                 for g, v in allocation.at(q).items() if g in _GROUPS)]
+    if not qs:
+        raise ValueError(f"{allocation} has no level within the quantizer's limits")
+    return qs[0], qs[-1]
+
+
+def _finest_fitting(make, lo: int, hi: int, guess: int, target: float, height: int,
+                    width: int, params: P.GaussianParams) -> tuple[QuantSpec | None, int, int]:
+    """Bisection over k in [lo, hi] (the file shrinks as k grows) for the smallest k whose
+    spec `make(k)` (None: invalid, e.g. too many levels) encodes `params` in <= target bytes.
+
+    Returns:
+      (spec, k, file_bytes); when even k = hi does not fit, hi's (its size says so).
+    """
+    cache: dict[int, tuple[QuantSpec | None, int]] = {}
+
+    def size(k: int) -> int:
+        if k not in cache:
+            spec = make(k)
+            cache[k] = (spec, len(encode(params, height, width, spec=spec)) if spec else -1)
+        return cache[k][1]
+
+    fits = lambda k: 0 <= size(k) <= target  # noqa: E731
+    a, b = lo - 1, hi  # a: does not fit (virtually); b: the coarsest
+    if not fits(b):
+        return cache[b][0], b, cache[b][1]
+    guess = min(max(guess, lo), hi)  # start near the usual operating point
+    if fits(guess):
+        b = guess
+    else:
+        a = guess
+    while b - a > 1:
+        mid = (a + b) // 2
+        if fits(mid):
+            b = mid
         else:
-            spec = _spec(params, height, width, rung)
-        data = encode(params, height, width, spec=spec)
-        if max_bytes is None or len(data) <= max_bytes:
+            a = mid
+    return cache[b][0], b, cache[b][1]
+
+
+def spec_for_budget(params: P.GaussianParams, height: int, width: int, max_bytes: int | None,
+                    allocation: Allocation = DEFAULT_ALLOCATION, *,
+                    fill: float = 0.99) -> tuple[QuantSpec, int, int]:
+    """The finest level whose file (`encode`) has at most fill * max_bytes bytes.
+
+    Returns:
+      (spec, q, file_bytes). max_bytes None: the first valid level from 0. When even the
+      coarsest level does not fit, the coarsest spec is returned (its size says so).
+    """
+    q_min, q_max = level_range(allocation)
+    make = lambda q: spec_at(params, height, width, allocation, q)  # noqa: E731
+    if max_bytes is None:
+        q = min(max(0, q_min), q_max)
+        while make(q) is None and q < q_max:
+            q += 1
+        spec = make(q)
+        return spec, q, len(encode(params, height, width, spec=spec))
+    return _finest_fitting(make, q_min, q_max, 0, fill * max_bytes, height, width, params)
+
+
+def color_for_budget(params: P.GaussianParams, height: int, width: int, max_bytes: int,
+                     spec: QuantSpec) -> tuple[QuantSpec, int]:
+    """The finest colour step whose file fits max_bytes, the other grids as in `spec`.
+
+    Returns:
+      (spec, file_bytes); when even the coarsest colour step does not fit, that spec (its size
+      says so).
+    """
+    def make(e: int) -> QuantSpec | None:
+        try:
+            return choose_spec(params, height, width, pos_exp=spec.pos_exp,
+                               scale_exp=spec.scale_exp, angle_exp=spec.angle_exp,
+                               color_exp=e, opacity_exp=spec.opacity_exp)
+        except ValueError:
+            return None
+
+    lo, hi = QUANT_LIMITS["color_exp"]
+    final, _, size = _finest_fitting(make, lo, hi, spec.color_exp, max_bytes, height, width,
+                                     params)
+    return final, size
+
+
+def _coarser(spec: QuantSpec, k: int) -> dict:
+    """The step exponents of `spec` coarsened by k increments (colour, scale, position, ...)."""
+    exps = {"color_exp": spec.color_exp, "scale_exp": spec.scale_exp, "pos_exp": spec.pos_exp}
+    for i, g in enumerate(("color_exp", "scale_exp", "pos_exp")):
+        exps[g] += (k + 2 - i) // 3
+    return exps
+
+
+def fit_budget(params: P.GaussianParams, height: int, width: int, max_bytes: int | None,
+               spec: QuantSpec) -> tuple[QuantSpec, bytes, bool]:
+    """Encodes `params` with `spec`, coarsening one increment at a time until the file fits.
+
+    Returns:
+      (spec, data, fits). When nothing fits within 72 increments (or the steps reach their
+      limits), the last (smallest) file is returned with fits=False.
+    """
+    data = encode(params, height, width, spec=spec)
+    if max_bytes is None or len(data) <= max_bytes:
+        return spec, data, True
+    for k in range(1, 73):
+        exps = _coarser(spec, k)
+        if any(not QUANT_LIMITS[g][0] <= v <= QUANT_LIMITS[g][1] for g, v in exps.items()):
+            break
+        try:
+            s = choose_spec(params, height, width, angle_exp=spec.angle_exp,
+                            opacity_exp=spec.opacity_exp, **exps)
+        except ValueError:
+            continue
+        spec, data = s, encode(params, height, width, spec=s)
+        if len(data) <= max_bytes:
             return spec, data, True
     return spec, data, False
 
 
-def rung_of(spec: QuantSpec) -> int:
-    """The LADDER index of a spec's bit depths (ValueError if they are not a rung)."""
-    return LADDER.index((spec.pos_frac_bits, spec.scale_bits, spec.angle_bits, spec.color_bits))
+@dataclasses.dataclass
+class BudgetQuantizer:
+    """Rate control for `train.fit(quantizer=...)`: the file fills a byte budget.
 
+    `plan` (at the start of quantization-aware training) measures the allocation between the
+    groups (`allocate`) and finds the finest level whose file fits `fill` of the budget
+    (`spec_for_budget`); `finish` (after the last step, positions, scales and angles on their
+    grid) picks the finest colour step that fits the budget itself (`color_for_budget`),
+    coarsening the rest only if even the coarsest colours do not fit (`fit_budget`).
 
-def spec_for_budget(params: P.GaussianParams, height: int, width: int,
-                    max_bytes: int | None) -> tuple[int, QuantSpec]:
-    """(rung index, spec) of the first LADDER rung whose encoding of `params` fits."""
-    spec, _, _ = fit_budget(params, height, width, max_bytes)
-    return rung_of(spec), spec
+    Attributes:
+      height, width: the image size in px.
+      budget: the byte budget (None: no limit, the allocation's level 0).
+      backend: renderer of the allocation's probe renders.
+      fill: the share of the budget the plan aims at.
+    """
+
+    height: int
+    width: int
+    budget: int | None
+    backend: str = "auto"
+    fill: float = 0.99
+
+    def plan(self, params: P.GaussianParams) -> tuple[QuantSpec, dict]:
+        t0 = time.perf_counter()
+        allocation = allocate(params, self.height, self.width, backend=self.backend)
+        spec, q, size = spec_for_budget(params, self.height, self.width, self.budget,
+                                        allocation, fill=self.fill)
+        return spec, {"allocation": dataclasses.asdict(allocation), "level": q,
+                      "planned_bytes": size, "plan_seconds": time.perf_counter() - t0}
+
+    def finish(self, params: P.GaussianParams, spec: QuantSpec) -> tuple[QuantSpec, dict]:
+        t0 = time.perf_counter()
+        if self.budget is None:
+            return spec, {"finish_seconds": 0.0}
+        final, size = color_for_budget(params, self.height, self.width, self.budget, spec)
+        if not 0 <= size <= self.budget:
+            final, data, _ = fit_budget(params, self.height, self.width, self.budget, final)
+            size = len(data)
+        return final, {"final_bytes": size, "finish_seconds": time.perf_counter() - t0}

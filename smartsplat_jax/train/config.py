@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-__all__ = ["METHODS", "FitConfig", "config_for_method"]
+__all__ = ["METHODS", "FitConfig", "config_for_method", "default_qat_steps"]
 
 METHODS = ("smartsplat", "random", "gaussianimage-rs")
 LOSSES = ("smartsplat", "l2")
@@ -28,8 +28,15 @@ class FitConfig:
       chunk_steps: steps per compiled lax.scan chunk (no host round trip inside a chunk).
       eval_every: evaluate PSNR/SSIM of the float render every this many steps (0: never).
       checkpoint_every: write a checkpoint every this many steps (0: only at the end).
-      quant: a `codec.QuantSpec` for quantization-aware training: the loss sees the render of
-        the quantized parameters (straight-through gradients). None trains in float.
+      qat_steps: the last qat_steps of the `steps` are quantization-aware: the attributes are
+        moved onto the file's quantization grid and frozen group by group (positions first,
+        then scales and angles half-way, colours after the last update) while the rest keep
+        training, and every update is projected into the quantizer's range (`train.loop`).
+        Used when `fit` is given a quantizer; None: `default_qat_steps(steps)`.
+      qat_lr_scale: factor on every learning rate during the quantization-aware steps.
+      color_bounds: (lo, hi): after every update the colours are projected into this RGB box,
+        so that none drifts beyond what the codec stores (`codec.quantize.COLOR_BOX`, which
+        it must lie within); None: no projection.
     """
 
     steps: int = 50_000
@@ -46,7 +53,15 @@ class FitConfig:
     chunk_steps: int = 100
     eval_every: int = 1000
     checkpoint_every: int = 1000
-    quant: object = None
+    qat_steps: int | None = None
+    qat_lr_scale: float = 1.0
+    color_bounds: tuple[float, float] | None = (-1.0, 2.0)
+
+    @property
+    def qat_steps_used(self) -> int:
+        """The quantization-aware steps (qat_steps, or its default), at most `steps`."""
+        q = default_qat_steps(self.steps) if self.qat_steps is None else self.qat_steps
+        return min(q, self.steps)
 
     def validate(self) -> "FitConfig":
         """Raises ValueError naming the field, its value and the accepted range."""
@@ -70,17 +85,34 @@ class FitConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name}={v!r} must be a finite number >= 0")
-        from smartsplat_jax.codec.quantize import QuantSpec
+        from smartsplat_jax.codec.quantize import COLOR_BOX
         from smartsplat_jax.render import BACKENDS
 
-        if self.quant is not None:
-            if not isinstance(self.quant, QuantSpec):
-                raise ValueError(f"quant={self.quant!r} must be a codec.QuantSpec or None")
-            self.quant.check()
+        if self.qat_steps is not None:
+            positive_int("qat_steps", allow_zero=True)
+        v = self.qat_lr_scale
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"qat_lr_scale={v!r} must be a finite number > 0")
+        b = self.color_bounds
+        if b is not None:
+            ok = (isinstance(b, (tuple, list)) and len(b) == 2
+                  and all(isinstance(x, (int, float)) and math.isfinite(x) for x in b))
+            if not ok or not COLOR_BOX[0] <= b[0] < b[1] <= COLOR_BOX[1]:
+                raise ValueError(f"color_bounds={b!r} must be (lo, hi) with {COLOR_BOX[0]} <= lo "
+                                 f"< hi <= {COLOR_BOX[1]}, or None")
 
         if self.backend not in BACKENDS:
             raise ValueError(f"backend={self.backend!r} must be one of {', '.join(BACKENDS)}")
         return self
+
+
+def default_qat_steps(steps: int) -> int:
+    """The default quantization-aware steps: 2 % of `steps`, at least 20 and at most 1,000,
+    and at most half of a short run.
+
+    Measured (see `train.loop`): the phase's gain saturates within tens of steps, while every
+    step with frozen geometry is a step of training lost when the run has not converged."""
+    return max(1, min(max(20, steps // 50), 1000, steps // 2))
 
 
 def config_for_method(method: str, **overrides) -> FitConfig:
