@@ -17,7 +17,6 @@ before quantization and quant_drop their difference. With --classic=jpeg,webp,av
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import os
 import sys
@@ -25,9 +24,11 @@ from pathlib import Path
 
 from absl import app, flags
 
+from experiments.common import gaussians_value, launcher_inputs
+
 from smartsplat_jax import ImageError
 from smartsplat_jax.io import atomic_write_bytes
-from smartsplat_jax.pipeline import check_workdir, run_fit
+from smartsplat_jax.pipeline import run_fit
 from smartsplat_jax.train import METHODS, TrainingDiverged
 
 _IMAGES = flags.DEFINE_string("images", None, "A folder, or a glob of image files.")
@@ -38,6 +39,8 @@ _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer backend.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
 _OUT = flags.DEFINE_string("out_dir", "results/benchmark", "Output folder.")
 _CLASSIC = flags.DEFINE_list("classic", [], "Classic codecs at equal bytes: jpeg,webp,avif.")
+_GAUSSIANS = flags.DEFINE_string("gaussians", "paper", "paper | N: how many Gaussians "
+                                 "the budget buys (paper: comparable with the paper's tables).")
 
 COLUMNS = ("image", "cr", "method", "steps", "num_gaussians", "file_bytes", "bytes_per_gaussian",
            "actual_cr", "psnr", "ssim", "ms_ssim", "psnr_float", "quant_drop", "decode_seconds",
@@ -45,15 +48,6 @@ COLUMNS = ("image", "cr", "method", "steps", "num_gaussians", "file_bytes", "byt
 _MEAN_COLUMNS = ("file_bytes", "bytes_per_gaussian", "actual_cr", "psnr", "ssim", "ms_ssim",
                  "psnr_float", "quant_drop", "decode_seconds", "init_psnr", "train_seconds",
                  "it_per_s", "s_per_step")
-_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
-
-
-def _images(spec: str) -> list[str]:
-    if os.path.isdir(spec):
-        return sorted(str(p) for p in Path(spec).iterdir() if p.suffix.lower() in _EXTS)
-    return sorted(glob.glob(spec))
-
-
 def _key(r: dict) -> tuple:
     return (os.path.basename(r["image"]), float(r["cr"]), r["method"], int(r["steps"]))
 
@@ -99,8 +93,8 @@ def write_reports(out: Path, rows: list[dict]) -> None:
 
 def classic_rows(image_path: str, cr: float, target: dict, formats: list[str]) -> list[dict]:
     """Rows for classic codecs at (at most) the byte size of `target`'s .ssplat file."""
-    from smartsplat_jax import load_image, metrics
-    from smartsplat_jax.classic import available, encode_at_bytes
+    from smartsplat_jax import load_image
+    from smartsplat_jax.classic import available, measure_at_bytes
 
     image = load_image(image_path)
     h, w = image.shape[:2]
@@ -109,16 +103,12 @@ def classic_rows(image_path: str, cr: float, target: dict, formats: list[str]) -
         if not available(fmt):
             print(f"  {fmt}: not supported by this Pillow build; skipped")
             continue
-        data, decoded, quality = encode_at_bytes(image, fmt, target["file_bytes"])
+        m = measure_at_bytes(image, fmt, target["file_bytes"])
         row = {"image": image_path, "cr": cr, "method": f"{fmt}@equal-bytes", "steps": 0,
-               "quality": quality, "file_bytes": None if data is None else len(data)}
-        if data is not None:
-            try:
-                ms = metrics.ms_ssim(decoded, image)
-            except ValueError:
-                ms = None
-            row.update(actual_cr=3 * h * w / len(data), psnr=metrics.psnr(decoded, image),
-                       ssim=metrics.ssim(decoded, image), ms_ssim=ms)
+               "quality": m["quality"], "file_bytes": m["file_bytes"]}
+        if m["file_bytes"] is not None:
+            row.update(actual_cr=3 * h * w / m["file_bytes"], psnr=m["psnr"], ssim=m["ssim"],
+                       ms_ssim=m["ms_ssim"])
         else:
             print(f"  {fmt}: even quality 1 exceeds {target['file_bytes']} bytes")
         rows.append(row)
@@ -127,26 +117,11 @@ def classic_rows(image_path: str, cr: float, target: dict, formats: list[str]) -
 
 def main(argv):
     del argv
-    if not _IMAGES.value:
-        sys.exit("error: --images is required (a folder or a glob)")
-    images = _images(_IMAGES.value)
-    if not images:
-        sys.exit(f"error: --images={_IMAGES.value!r} matches no image file")
-    bad = [f for f in _CLASSIC.value if f not in ("jpeg", "webp", "avif")]
-    if bad:
-        sys.exit(f"error: --classic has unknown codec(s) {bad}; choose from jpeg, webp, avif")
+    images, crs, out = launcher_inputs(_IMAGES.value, _CLASSIC.value, _CRS.value, _OUT.value,
+                                       _STEPS.value)
     bad = [m for m in _METHODS.value if m not in METHODS]
     if bad:
         sys.exit(f"error: unknown method(s) {bad}; choose from {', '.join(METHODS)}")
-    try:
-        crs = [float(c) for c in _CRS.value]
-        out = check_workdir(_OUT.value)
-    except ValueError:
-        sys.exit(f"error: --crs={_CRS.value} must be numbers")
-    except OSError as e:
-        sys.exit(f"error: {e}")
-    if _STEPS.value < 1:
-        sys.exit(f"error: --steps={_STEPS.value} must be >= 1")
     results_path = out / "results.json"
     rows = json.loads(results_path.read_text())["cells"] if results_path.exists() else []
     done = {_key(r) for r in rows}
@@ -162,6 +137,7 @@ def main(argv):
                 try:
                     r = run_fit(image, cell, cr=cr, method=method, steps=_STEPS.value,
                                 backend=_BACKEND.value, seed=_SEED.value, resume=True,
+                                gaussians=gaussians_value(_GAUSSIANS.value),
                                 visualize=False, eval_every=0, checkpoint_every=0,
                                 chunk_steps=min(_STEPS.value, 100))
                 except (ImageError, ValueError, OSError, TrainingDiverged) as e:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import sys
+from pathlib import Path
 
 from smartsplat_jax.io import atomic_write_bytes
 
@@ -15,3 +18,47 @@ def write_json(path: str, rows) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     atomic_write_bytes(path, json.dumps(rows, indent=2).encode())
     print(f"\nwrote {path}")
+
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+
+
+def image_files(spec: str) -> list[str]:
+    """The image files of a folder (by extension), or of a glob; sorted."""
+    if os.path.isdir(spec):
+        return sorted(str(p) for p in Path(spec).iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    return sorted(glob.glob(spec))
+
+
+def gaussians_value(v: str):
+    """A --gaussians flag value: "paper" or an integer N."""
+    return int(v) if v.isdigit() else v
+
+
+def launcher_inputs(images: str | None, classic: list[str], crs: list[str], out_dir: str,
+                    steps: int) -> tuple[list[str], list[float], Path]:
+    """Checks the common benchmark flags; exits with a one-line error on a bad one.
+
+    Returns:
+      (image files, CRs as floats, the output folder, created).
+    """
+    from smartsplat_jax.pipeline import check_workdir
+
+    if not images:
+        sys.exit("error: --images is required (a folder or a glob)")
+    files = image_files(images)
+    if not files:
+        sys.exit(f"error: --images={images!r} matches no image file")
+    bad = [f for f in classic if f not in ("jpeg", "webp", "avif")]
+    if bad:
+        sys.exit(f"error: --classic has unknown codec(s) {bad}; choose from jpeg, webp, avif")
+    if steps < 1:
+        sys.exit(f"error: --steps={steps} must be >= 1")
+    try:
+        ratios = [float(c) for c in crs]
+        out = check_workdir(out_dir)
+    except ValueError:
+        sys.exit(f"error: --crs={crs} must be numbers")
+    except OSError as e:
+        sys.exit(f"error: {e}")
+    return files, ratios, out

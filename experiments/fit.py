@@ -32,6 +32,8 @@ _STEPS = flags.DEFINE_integer("steps", None, "Training steps.")
 _METHOD = flags.DEFINE_string("method", None, "smartsplat | random | gaussianimage-rs.")
 _BACKEND = flags.DEFINE_string("backend", None, "Renderer backend: auto | xla | pallas | reference.")
 _SEED = flags.DEFINE_integer("seed", None, "PRNG seed of the initialization.")
+_GAUSSIANS = flags.DEFINE_string("gaussians", None, "paper | N: how many Gaussians the "
+                                 "budget buys (see codec.rate.gaussians_for_budget).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.")
 _RESUME = flags.DEFINE_bool("resume", False, "Continue from the workdir's latest checkpoint.")
 _QAT = flags.DEFINE_integer("qat_steps", None,
@@ -47,14 +49,17 @@ def main(argv):
         sys.exit(f"error: unexpected arguments {argv[1:]}; use --flag=value")
     c = _CONFIG.value
     for name, flag in (("image", _IMAGE), ("cr", _CR), ("steps", _STEPS), ("method", _METHOD),
-                       ("backend", _BACKEND), ("seed", _SEED), ("workdir", _WORKDIR)):
+                       ("backend", _BACKEND), ("seed", _SEED), ("workdir", _WORKDIR),
+                       ("gaussians", _GAUSSIANS)):
         if flag.value is not None:
             c[name] = flag.value
     image = c.image or str(DEMO_IMAGE)
+    gaussians = int(c.gaussians) if str(c.gaussians).isdigit() else c.gaussians
     overrides = {k: c[k] for k in _TRAIN_FIELDS if c.get(k) is not None}
     try:
         result = run_fit(image, c.workdir, cr=c.cr, method=c.method, steps=c.steps,
-                         backend=c.backend, seed=c.seed, resume=_RESUME.value,
+                         backend=c.backend, seed=c.seed, gaussians=gaussians,
+                         resume=_RESUME.value,
                          qat_steps=_QAT.value, **overrides)
     except (ImageError, ValueError, OSError, TrainingDiverged) as e:
         sys.exit(f"error: {e}")

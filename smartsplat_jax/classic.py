@@ -14,7 +14,7 @@ import io
 import numpy as np
 from PIL import Image, features
 
-__all__ = ["FORMATS", "available", "encode_at_bytes", "rd_curve"]
+__all__ = ["FORMATS", "available", "encode_at_bytes", "measure_at_bytes", "rd_curve"]
 
 FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF"}
 
@@ -62,6 +62,35 @@ def encode_at_bytes(image: np.ndarray, fmt: str, max_bytes: int):
     return data, decoded, q
 
 
+def _quality(decoded: np.ndarray, image: np.ndarray) -> dict:
+    from smartsplat_jax import metrics
+
+    try:
+        ms = metrics.ms_ssim(decoded, image)
+    except ValueError:  # too small for MS-SSIM's five scales
+        ms = None
+    return {"psnr": metrics.psnr(decoded, image), "ssim": metrics.ssim(decoded, image),
+            "ms_ssim": ms}
+
+
+def measure_at_bytes(image: np.ndarray, fmt: str, max_bytes: int) -> dict:
+    """The best `fmt` file of `image` within `max_bytes`, measured.
+
+    Returns:
+      {"format", "quality", "file_bytes", "bpp", "psnr", "ssim", "ms_ssim"}; the values are
+      None when even quality 1 exceeds the budget (ms_ssim also for images whose shorter
+      side is <= 160 px).
+    """
+    image = np.asarray(image, np.float32)
+    h, w = image.shape[:2]
+    data, decoded, quality = encode_at_bytes(image, fmt, max_bytes)
+    row = {"format": fmt, "quality": quality, "file_bytes": None, "bpp": None, "psnr": None,
+           "ssim": None, "ms_ssim": None}
+    if data is not None:
+        row.update(file_bytes=len(data), bpp=8.0 * len(data) / (h * w), **_quality(decoded, image))
+    return row
+
+
 def rd_curve(image: np.ndarray, fmt: str, qualities=(5, 15, 30, 50, 70, 85, 95)) -> list[dict]:
     """Rate-distortion points of `fmt` on `image` ([H, W, 3] float in [0, 1]).
 
@@ -69,8 +98,6 @@ def rd_curve(image: np.ndarray, fmt: str, qualities=(5, 15, 30, 50, 70, 85, 95))
       [{"quality", "bytes", "bpp", "psnr", "ms_ssim"}] per quality (ms_ssim None for images
       whose shorter side is <= 160 px).
     """
-    from smartsplat_jax import metrics
-
     if not available(fmt):
         raise ValueError(f"this Pillow build cannot write {fmt}")
     image = np.asarray(image, np.float32)
@@ -80,10 +107,6 @@ def rd_curve(image: np.ndarray, fmt: str, qualities=(5, 15, 30, 50, 70, 85, 95))
     for q in qualities:
         data = _encode(im, fmt, int(q))
         decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.float32) / 255.0
-        try:
-            ms = metrics.ms_ssim(decoded, image)
-        except ValueError:
-            ms = None
         out.append({"quality": int(q), "bytes": len(data), "bpp": 8.0 * len(data) / (h * w),
-                    "psnr": metrics.psnr(decoded, image), "ms_ssim": ms})
+                    **_quality(decoded, image)})
     return out

@@ -4,18 +4,21 @@
   image = decompress(data, width=1920)                            # [H', W', 3] float render
 
 run_fit(image_path, workdir, cr=..., method=..., steps=...) loads the image, initializes N
-Gaussians with the method's initialization, trains them, fine-tunes them for quantization,
-encodes the file and writes to `workdir`:
+Gaussians with the method's initialization, trains them (the last steps quantization-aware,
+with the rate control of `codec.rate.BudgetQuantizer`), encodes the file and writes to
+`workdir`:
   image.ssplat     the compressed file (its size defines the real compression ratio)
   recon.png        the decoded file rendered at full resolution (what a user gets), 8-bit PNG
-  params.npz       the trained float raw parameters before quantization (+ height, width)
+  params.npz       the trained raw parameters (+ height, width): after quantization-aware
+                   training they lie on the file's grid, so they render as the file does
   metrics.json     psnr, ssim, ms_ssim, num_gaussians, steps, train_seconds, height, width,
                    cr, method, backend, device, jax_version, and more (see `run_fit`)
   curve.png        training loss and PSNR against the step
   init_*.png       the initialization: weights, points, render (with its PSNR)
   checkpoints/     training checkpoints (resume with resume=True)
 Metrics are those of the decoded file (psnr, ssim, ms_ssim), plus psnr_float of the float
-parameters before quantization; all at full resolution (banded, bounded memory).
+Gaussians before quantization (at the start of the quantization-aware phase); all at full
+resolution (banded, bounded memory).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from smartsplat_jax import io as sio
 from smartsplat_jax import metrics
 from smartsplat_jax import params as P
 from smartsplat_jax.codec.quantize import QuantSpec
-from smartsplat_jax.codec.rate import BudgetQuantizer, byte_budget, fit_budget
+from smartsplat_jax.codec.rate import (BudgetQuantizer, byte_budget, fit_budget,
+                                       gaussians_for_budget)
 from smartsplat_jax.render import output_size, render, rescale_params, resolve_backend
 from smartsplat_jax.train import config_for_method, fit, initialize
 from smartsplat_jax.train.config import FitConfig
@@ -76,15 +80,18 @@ def _encode_and_decode(image, params: P.GaussianParams, history: dict, config: F
                        budget: int) -> tuple[bytes, np.ndarray, dict]:
     """Trained params -> (file bytes, [H, W, 3] render of the decoded file, info).
 
-    info is `encode_trained`'s plus psnr_float (the latent float params), psnr_before_qat,
+    info is `encode_trained`'s plus psnr_float (the float Gaussians before quantization: at
+    the start of the quantization-aware phase, or the trained params when there was none),
     qat_steps, actual_cr, bytes_per_gaussian and decode_seconds (file -> decoded render)."""
     h, w = int(image.shape[0]), int(image.shape[1])
-    psnr_float = metrics.psnr(render(params, h, w, backend=config.backend), image)
+    psnr_float = history.get("psnr_before_qat")
+    if psnr_float is None:
+        psnr_float = metrics.psnr(render(params, h, w, backend=config.backend), image)
     data, enc = encode_trained(params, history, h, w, budget, backend=config.backend)
     t0 = time.perf_counter()
     decoded, _, _ = codec.decode(data)
     rendered = np.asarray(render(decoded, h, w, backend=config.backend))
-    info = {"psnr_float": psnr_float, "psnr_before_qat": history.get("psnr_before_qat"),
+    info = {"psnr_float": psnr_float,
             "qat_steps": (config.steps - history["qat_start"]
                           if history.get("qat_start") is not None else 0),
             "actual_cr": 3 * h * w / len(data), "bytes_per_gaussian": len(data) / params.num,
@@ -111,10 +118,13 @@ def decompress(data: bytes, *, width: int | None = None, height: int | None = No
 
 def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
                    method: str = "smartsplat", steps: int = 1000, backend: str = "auto",
-                   seed: int = 0, progress: bool = True, **overrides) -> tuple[bytes, dict]:
+                   seed: int = 0, gaussians="paper", progress: bool = True,
+                   **overrides) -> tuple[bytes, dict]:
     """Compresses an image file to .ssplat bytes (no files written).
 
-    `overrides` are FitConfig fields (qat_steps, lambda_l1, lr_*, ...).
+    `gaussians`: how many Gaussians the budget buys: "paper" (N = floor(3HW / (7 CR))) or N
+    (`codec.rate.gaussians_for_budget`). `overrides` are FitConfig fields (qat_steps,
+    lambda_l1, lr_*, ...).
 
     Returns:
       (data, result): the file's bytes and a dict with height, width, num_gaussians,
@@ -123,7 +133,7 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
     config = config_for_method(method, steps=steps, backend=backend, **overrides)
     image = sio.load_image(image_path)
     h, w = image.shape[:2]
-    n = P.num_gaussians(h, w, cr)
+    n = gaussians_for_budget(h, w, cr, gaussians)
     t0 = time.perf_counter()
     params0, _ = initialize(method, jax.random.PRNGKey(seed), image, n)
     budget = byte_budget(h, w, cr)
@@ -131,8 +141,9 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
                           quantizer=BudgetQuantizer(h, w, budget, backend=config.backend))
     data, rendered, info = _encode_and_decode(image, params, history, config, budget)
     result = {"image": str(image_path), "height": h, "width": w, "cr": float(cr),
-              "method": method, "num_gaussians": n, "steps": steps,
-              "psnr": metrics.psnr(rendered, image), "seconds": time.perf_counter() - t0, **info}
+              "method": method, "gaussians": gaussians, "num_gaussians": n, "steps": steps,
+              "psnr": metrics.psnr(rendered, image), "seconds": time.perf_counter() - t0,
+              **info}
     return data, result
 
 
@@ -179,18 +190,20 @@ def _curve(history: dict) -> "object":
 
 def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: float = 20.0,
             method: str = "smartsplat", steps: int = 2000, backend: str = "auto",
-            seed: int = 0, resume: bool = False, progress: bool = True,
+            seed: int = 0, gaussians="paper", resume: bool = False, progress: bool = True,
             visualize: bool = True, **overrides) -> dict:
     """Compresses one image with `method` and writes the outputs listed in the module doc.
 
     Args:
       image_path: the image file.
       workdir: output folder (created).
-      cr: target compression ratio (N = floor(3HW / (7 CR))).
+      cr: target compression ratio: the file has at most floor(3 H W / CR) bytes.
       method: "smartsplat", "random" or "gaussianimage-rs".
       steps: training steps.
       backend: renderer backend.
       seed: PRNG seed of the initialization.
+      gaussians: how many Gaussians the budget buys: "paper" (N = floor(3HW / (7 CR)), as
+        the paper) or N (`codec.rate.gaussians_for_budget`).
       resume: continue from workdir/checkpoints.
       overrides: further FitConfig fields (qat_steps, lambda_l1, lr_*, chunk_steps, ...).
 
@@ -205,7 +218,7 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
     out = check_workdir(workdir)
     image = sio.load_image(image_path)
     h, w = image.shape[:2]
-    n = P.num_gaussians(h, w, cr)
+    n = gaussians_for_budget(h, w, cr, gaussians)
 
     t0 = time.perf_counter()
     params0, info = initialize(method, jax.random.PRNGKey(seed), image, n)
@@ -231,7 +244,7 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
         ms, ms_note = None, str(e)
     result = {
         "image": str(image_path), "height": h, "width": w, "cr": float(cr), "method": method,
-        "num_gaussians": n, "steps": config.steps, "seed": seed,
+        "gaussians": gaussians, "num_gaussians": n, "steps": config.steps, "seed": seed,
         "psnr": metrics.psnr(rendered, image), "ssim": metrics.ssim(rendered, image),
         "ms_ssim": ms, "ms_ssim_note": ms_note, **info, "init_psnr": init_psnr,
         "init_seconds": init_seconds, "train_seconds": history["train_seconds"],

@@ -39,3 +39,24 @@ def test_bench_init_writes_rows(tmp_path):
     (row,) = json.loads((tmp_path / "i.json").read_text())
     assert row["n"] == (3 * 40 * 56) // 70 and row["median_s"] is None
     assert row["psnr_smart_init"] > 0
+
+
+def test_bench_codec_writes_rows_and_plots(tmp_path):
+    from smartsplat_jax import DEMO_IMAGE, load_image, save_image
+
+    img = tmp_path / "crop.png"
+    save_image(img, load_image(DEMO_IMAGE)[200:264, 300:380])
+    args = ["experiments.bench_codec", f"--images={img}", "--crs=10", "--steps=12",
+            "--classic=jpeg,webp", f"--out_dir={tmp_path / 'out'}", "--backend=xla"]
+    out = _run(args)
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    (row,) = data["cells"]
+    assert row["file_bytes"] <= 3 * 64 * 80 // 10 and row["budget_used"] >= 0.97
+    assert row["drop"] == row["psnr_float"] - row["psnr"]
+    assert row["jpeg_file_bytes"] is None or row["jpeg_file_bytes"] <= row["file_bytes"]
+    assert row["webp_psnr"] is None or 5 < row["webp_psnr"] < 60
+    with Image.open(tmp_path / "out" / "rd_crop.png") as im:
+        assert im.size[1] > im.size[0] / 2  # two panels
+    again = _run(args)
+    assert again.returncode == 0 and "skip (done)" in again.stdout

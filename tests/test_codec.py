@@ -19,6 +19,7 @@ from smartsplat_jax import params as P
 from smartsplat_jax.codec import entropy
 from smartsplat_jax.codec import format as F
 from smartsplat_jax.codec.rate import (DEFAULT_ALLOCATION, Allocation, BudgetQuantizer,
+                                       gaussians_for_budget,
                                        allocate, byte_budget, fit_budget, spec_for_budget)
 from smartsplat_jax.init import smart_init
 from smartsplat_jax.render import output_size, render
@@ -529,3 +530,14 @@ def test_output_size_hand_values():
         output_size(5, 5, scale=-1)
     with pytest.raises(ValueError, match="exceeds"):
         output_size(5000, 5000, scale=100)
+
+
+def test_gaussians_for_budget_paper_or_explicit():
+    assert gaussians_for_budget(512, 768, 20, "paper") == 3 * 512 * 768 // (7 * 20) == 8426
+    assert gaussians_for_budget(512, 768, 20, 1234) == 1234
+    for bad, needle in (("auto", "'auto' must be 'paper' or an integer"),
+                        (True, "True must be"), (2.5, "2.5 must be"),
+                        (0, "0 must be in [1, 393216]"), (10 ** 7, "must be in [1, 393216]")):
+        with pytest.raises(ValueError) as e:
+            gaussians_for_budget(512, 768, 20, bad)
+        assert needle in str(e.value), (bad, str(e.value))

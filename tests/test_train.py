@@ -157,33 +157,25 @@ def test_quantization_aware_phase_beats_rounding():
 
 
 def test_resume_inside_the_quantization_aware_phase(small_photo, tmp_path):
-    """A run killed at the phase start, or inside it, resumes to the same parameters as an
-    uninterrupted one; inside the phase the checkpoint's quantizer is reused."""
+    """A run killed inside the phase resumes with the checkpoint's quantizer (no new plan) to
+    the same parameters as the uninterrupted run."""
     img, h, w, p0, cfg, quantizer = _qat_setup(small_photo)
-    full, full_hist = fit(img, p0, cfg, progress=False, quantizer=quantizer)
-    calls = []
+    cfg = dataclasses.replace(cfg, checkpoint_every=10)
+    full, full_hist = fit(img, p0, cfg, workdir=tmp_path, progress=False, quantizer=quantizer)
+    (tmp_path / "checkpoints" / "ckpt_000000060.npz").unlink()  # killed after step 50
+    plans = []
 
     class Counting(BudgetQuantizer):
         def plan(self, p):
-            calls.append(1)
+            plans.append(1)
             return super().plan(p)
 
-    counting = Counting(h, w, quantizer.budget, backend="xla")
-
-    for every, kept, chosen in ((20, 40, [1]), (10, 50, [])):
-        work = tmp_path / f"every{every}"
-        run = dataclasses.replace(cfg, checkpoint_every=every)
-        fit(img, p0, run, workdir=work, progress=False, quantizer=quantizer)
-        for f in (work / "checkpoints").glob("*.npz"):
-            if int(f.stem.split("_")[1]) > kept:
-                f.unlink()  # as if killed after the step-`kept` checkpoint
-        calls.clear()
-        resumed, hist = fit(img, p0, run, workdir=work, resume=True, progress=False,
-                            quantizer=counting)
-        assert hist["resumed_from"] == kept and calls == chosen
-        assert hist["quant"] == full_hist["quant"]
-        for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
-            np.testing.assert_array_equal(a, b)
+    resumed, hist = fit(img, p0, cfg, workdir=tmp_path, resume=True, progress=False,
+                        quantizer=Counting(h, w, quantizer.budget, backend="xla"))
+    assert hist["resumed_from"] == 50 and plans == []
+    assert hist["quant"] == full_hist["quant"]
+    for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_qat_and_colour_bound_fields_are_checked():
@@ -240,10 +232,11 @@ def test_fit_launcher_end_to_end(small_photo, tmp_path):
         assert key in m, key
     params, h, w = load_params(work / "params.npz")
     assert (h, w) == img.shape[:2] and m["num_gaussians"] == params.means.shape[0]
-    assert m["psnr_float"] == pytest.approx(metrics.psnr(render(params, h, w), img), abs=1e-6)
+    # The saved params lie on the file's grid: they render as the decoded file does.
+    assert m["psnr"] == pytest.approx(metrics.psnr(render(params, h, w), img), abs=1e-4)
     data = (work / "image.ssplat").read_bytes()
     assert m["file_bytes"] == len(data) <= 3 * h * w / 15 and m["fits_budget"]
-    assert m["budget_used"] >= 0.97 and m["psnr_before_qat"] is not None
+    assert m["budget_used"] >= 0.97 and m["psnr_float"] > 10
     assert m["actual_cr"] == pytest.approx(3 * h * w / len(data))
     assert m["qat_steps"] == 10  # the default: 2 % of the steps, at least 20, at most half
     decoded, dh, dw = codec.decode(data)

@@ -11,6 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.image = ""  # empty: the bundled demo image (Kodak kodim23, 768x512)
     c.cr = 20.0
     c.method = "smartsplat"  # smartsplat | random | gaussianimage-rs
+    c.gaussians = "paper"  # paper | N: how many Gaussians the byte budget buys
     c.steps = 1000  # CPU-friendly; the paper trains 50,000 (configs/paper.py)
     c.backend = "auto"
     c.seed = 0

@@ -9,6 +9,7 @@ from experiments.configs import default
 def get_config():
     c = default.get_config()
     c.steps = 50_000
+    c.gaussians = "paper"  # N = floor(3 H W / (7 CR)), as the paper
     c.eval_every = 5000
     c.checkpoint_every = 5000
     c.chunk_steps = 500

@@ -100,23 +100,31 @@ def _project_colors(params: P.GaussianParams, config: FitConfig) -> P.GaussianPa
     return params.replace(colors=jnp.clip(params.colors, lo, hi))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "length", "capacity"))
-def _run_chunk(params, opt_state, image, qgrid, step0, schedule, *, config: FitConfig,
-               length: int, capacity: int | None = None):
-    """`length` optimizer steps from step `step0`, quantization-aware by `schedule` with the
-    quantizer `qgrid` (all traced: a new quantizer or a phase switch never recompiles).
-    Returns (params, opt_state, losses [length], mses [length], finite), where finite says
-    every parameter is finite at the end."""
+def _chunk_length(config: FitConfig) -> int:
+    """The static scan length of every chunk (shorter chunks skip their last iterations)."""
+    return min(config.chunk_steps, config.steps)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "capacity", "qat"))
+def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, *, config: FitConfig,
+               capacity: int | None = None, qat: bool = True):
+    """`count` (traced, <= `_chunk_length(config)`) optimizer steps from step `step0`,
+    quantization-aware by `schedule` with the quantizer `qgrid`. All of these are traced, so
+    a chunk of any length, a new quantizer or a phase switch never recompiles: a run compiles
+    one program. `qat` False, for runs without a quantizer, leaves the quantization code out.
+    Returns (params, opt_state, losses [L], mses [L], finite) with L = `_chunk_length(config)`
+    (entries from `count` on are 0), where finite says every parameter is finite at the end."""
     opt = make_optimizer(config)
     grad_fn = jax.value_and_grad(loss_value, has_aux=True)
     h, w = image.shape[:2]
 
-    def step(carry, i):
+    def train_step(carry, t):
         p, s = carry
-        t = step0 + i
         on_pos, on_geo = t >= schedule.positions, t >= schedule.geometry
         (loss, mse), grads = grad_fn(p, image, config, capacity)
         updates, s = opt.update(grads, s, p)
+        if not qat:
+            return (_project_colors(optax.apply_updates(p, updates), config), s), (loss, mse)
         lr = jnp.where(on_pos, config.qat_lr_scale, 1.0)
         updates = jax.tree_util.tree_map(lambda u: u * lr.astype(u.dtype), updates)
         keep = lambda flag, u: jnp.where(flag, jnp.zeros_like(u), u)  # noqa: E731  frozen groups
@@ -129,14 +137,26 @@ def _run_chunk(params, opt_state, image, qgrid, step0, schedule, *, config: FitC
         p = snap(p, qgrid, h, w, on_pos, on_geo, False)
         return (p, s), (loss, mse)
 
+    def skip(carry, t):
+        return carry, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+
+    def step(carry, i):
+        return jax.lax.cond(i < count, train_step, skip, carry, step0 + i)
+
     (params, opt_state), (loss, mse) = jax.lax.scan(step, (params, opt_state),
-                                                    jnp.arange(length))
+                                                    jnp.arange(_chunk_length(config)))
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)]))
     return params, opt_state, loss, mse, finite
 
 
-def _next_boundary(step: int, config: FitConfig) -> int:
+def _next_boundary(step: int, config: FitConfig, qat_start: int | None = None) -> int:
+    """The step the chunk from `step` ends at: the next multiple of chunk_steps, evaluation,
+    checkpoint, the end, or the start of the quantization-aware phase (so that the quantizer
+    is planned on the Gaussians of that step and chunks are either float or
+    quantization-aware)."""
     candidates = [config.steps, (step // config.chunk_steps + 1) * config.chunk_steps]
+    if qat_start is not None and step < qat_start:
+        candidates.append(qat_start)
     for every in (config.eval_every, config.checkpoint_every):
         if every:
             candidates.append((step // every + 1) * every)
@@ -260,10 +280,10 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
     use_pallas = resolve_backend(config.backend) == "pallas"
     session_steps, session_seconds = 0, 0.0
     while step < config.steps:
-        length = _next_boundary(step, config) - step
-        if qat and step + length > qat_start and spec is None:
-            # The chunk that reaches the phase: plan the quantizer now (the schedule inside
-            # the compiled chunk switches at qat_start exactly).
+        length = _next_boundary(step, config, qat_start if qat else None) - step
+        if qat and step >= qat_start and spec is None:
+            # The phase starts (chunks end at qat_start): plan the quantizer on the Gaussians
+            # training has reached.
             history["psnr_before_qat"] = metrics.psnr(
                 render(params, h, w, backend=config.backend), img)
             spec, info = quantizer.plan(params)
@@ -274,10 +294,10 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
         t0 = time.perf_counter()
         capacity = pair_capacity(params, h, w) if use_pallas else None
         new_params, new_state, loss, mse, finite = _run_chunk(
-            params, opt_state, img, qgrid, jnp.asarray(step, jnp.int32), schedule,
-            config=config, length=length, capacity=capacity)
-        loss = jax.device_get(loss)
-        mse = jax.device_get(mse)
+            params, opt_state, img, qgrid, jnp.asarray(step, jnp.int32),
+            jnp.asarray(length, jnp.int32), schedule, config=config, capacity=capacity, qat=qat)
+        loss = jax.device_get(loss)[:length]
+        mse = jax.device_get(mse)[:length]
         elapsed = time.perf_counter() - t0
         bad = [i for i, v in enumerate(loss) if not math.isfinite(float(v))]
         if bad or not bool(finite):
