@@ -65,7 +65,7 @@ def encode_trained(params: P.GaussianParams, history: dict, height: int, width: 
     t0 = time.perf_counter()
     record = history.get("quant")
     if record:
-        spec = QuantSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
+        spec = QuantSpec.from_record(record)
     else:
         q = BudgetQuantizer(height, width, budget, backend=backend)
         spec, _ = q.finish(params, q.plan(params)[0])

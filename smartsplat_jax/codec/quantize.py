@@ -159,6 +159,16 @@ class QuantSpec:
         return dataclasses.replace(self, pos_exp=self.pos_exp + k, scale_exp=self.scale_exp + k,
                                    color_exp=self.color_exp + k, opacity_exp=self.opacity_exp + k)
 
+    def record(self) -> dict:
+        """The spec as JSON holds it (tuples as lists), for histories and checkpoints."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_record(cls, d: dict) -> "QuantSpec":
+        """The inverse of `record`, checked (ValueError on a bad spec)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}).check()
+
     def describe(self) -> str:
         """One line for people: the steps and alphabet sizes."""
         op = ("opacity 1" if not self.opacity_levels else

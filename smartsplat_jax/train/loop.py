@@ -11,7 +11,6 @@ finite, logs progress, evaluates and writes checkpoints.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import time
@@ -167,17 +166,6 @@ def _psnr_from_mse(mse: float) -> float:
     return float("inf") if mse <= 0 else 10.0 * math.log10(1.0 / mse)
 
 
-def _spec_from_record(d: dict | None) -> QuantSpec | None:
-    if not d:
-        return None
-    return QuantSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}).check()
-
-
-def _spec_record(spec: QuantSpec) -> dict:
-    """A spec as JSON holds it (tuples as lists), for the history and checkpoints."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(spec).items()}
-
-
 class FixedQuantizer:
     """A quantizer protocol object for one given `QuantSpec` (see `fit`)."""
 
@@ -215,8 +203,8 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
       params: initial raw parameters (N rows).
       config: the FitConfig (see `config_for_method`).
       quantizer: None (float training throughout), a `codec.QuantSpec`, or an object with
-        `plan(params) -> (QuantSpec, info)`, called at the start of the chunk that reaches
-        the phase, and `finish(params, spec) -> (QuantSpec, info)`, called after the last step
+        `plan(params) -> (QuantSpec, info)`, called at the first step of the phase (chunks
+        end there), and `finish(params, spec) -> (QuantSpec, info)`, called after the last step
         (it may change the colour grid only, or coarsen everything if nothing else fits), e.g.
         `codec.rate.BudgetQuantizer`.
       workdir: if given, checkpoints go to workdir/checkpoints.
@@ -265,7 +253,7 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
         step = int(record["step"])
         history = {**history, **record["history"]}
         history["resumed_from"] = step
-    spec = _spec_from_record(history["quant"])
+    spec = QuantSpec.from_record(history["quant"]) if history["quant"] else None
     qgrid = grid(spec or QuantSpec())  # a placeholder until the phase starts
     reporter = Progress(config.steps, start=step, stream=stream, log_seconds=log_seconds,
                         enabled=progress)
@@ -288,7 +276,7 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                 render(params, h, w, backend=config.backend), img)
             spec, info = quantizer.plan(params)
             qgrid = grid(spec.check())
-            history["quant"], history["quant_info"] = _spec_record(spec), dict(info)
+            history["quant"], history["quant_info"] = spec.record(), dict(info)
             reporter.message(f"quantization-aware from step {qat_start} to {config.steps} "
                              f"(planned at step {step}): {spec.describe()}")
         t0 = time.perf_counter()
@@ -317,7 +305,7 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
             # The colours' grid, for the exact budget, and every attribute on the file's grid.
             spec, info = quantizer.finish(params, spec)
             params = _snap_all(params, grid(spec.check()), h, w)
-            history["quant"] = _spec_record(spec)
+            history["quant"] = spec.record()
             history["quant_info"] = {**(history["quant_info"] or {}), **dict(info)}
         history["step"].append(step)
         history["loss"].append(float(loss.mean()))
