@@ -4,7 +4,9 @@ Conventions:
   * Pixel centres sit at integer coordinates: column j is x = j, row i is y = i.
   * Means are stored normalized: x_pix = 0.5 * W * (x + 1), y_pix = 0.5 * H * (y + 1), so
     x = -1 is the centre of column 0 and x = +1 lies one pixel past the last column.
-  * Scales are standard deviations in pixels along the Gaussian's two axes, through |.|.
+  * Scales are standard deviations in pixels along the Gaussian's two axes, through
+    max(|.|, SCALE_FLOOR): the floor, 2**-6 px, is the codec's smallest coded scale, so no
+    covariance is singular and the rasterizer's weights stay finite (SPEC §2).
   * The angle is theta = 2*pi*sigmoid(r) in radians; r = 0 gives theta = pi.
   * Colours are linear RGB, nominally in [0, 1], with no activation.
   * Opacity is fixed to 1 for SmartSplat.
@@ -22,6 +24,7 @@ from flax import struct
 
 __all__ = [
     "BYTES_PER_GAUSSIAN",
+    "SCALE_FLOOR",
     "GaussianParams",
     "num_gaussians",
     "cr_range",
@@ -35,6 +38,9 @@ __all__ = [
 
 # The paper's accounting: 7 bytes per Gaussian (SPEC §1).
 BYTES_PER_GAUSSIAN = 7
+# The smallest standard deviation a Gaussian can have, in pixels (SPEC §2): the codec's
+# smallest coded scale (codec.quantize.SCALE_LOG2_FLOOR), applied by every renderer.
+SCALE_FLOOR = 2.0 ** -6
 
 
 @struct.dataclass
@@ -43,7 +49,8 @@ class GaussianParams:
 
     Attributes:
       means: [N, 2] (x, y) in normalized coordinates (see module docstring).
-      scales: [N, 2] raw standard deviations in pixels; the activation is |.|.
+      scales: [N, 2] raw standard deviations in pixels; the activation is
+        max(|.|, SCALE_FLOOR).
       rotation: [N, 1] raw angle; theta = 2*pi*sigmoid(rotation).
       colors: [N, 3] RGB, no activation.
       opacity: [N, 1] opacity; 1 for SmartSplat (not trained).
@@ -86,8 +93,11 @@ class GaussianParams:
 
 
 def scale_activation(raw_scales: jax.Array) -> jax.Array:
-    """[..., 2] raw scales -> standard deviations in pixels (|.|)."""
-    return jnp.abs(raw_scales)
+    """[..., 2] raw scales -> standard deviations in pixels: max(|raw|, SCALE_FLOOR).
+
+    Below the floor the gradient is 0 (half of it at the floor itself, as jnp.maximum
+    passes it); the training loop keeps raw scales at or above it (`train.loop`)."""
+    return jnp.maximum(jnp.abs(raw_scales), jnp.asarray(SCALE_FLOOR, raw_scales.dtype))
 
 
 def rotation_angle(raw_rotation: jax.Array) -> jax.Array:

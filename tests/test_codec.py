@@ -196,7 +196,7 @@ def test_fake_quantize_is_the_decoded_gaussian_with_identity_gradient(opacity):
     np.testing.assert_array_equal(fq.opacity, dq.opacity)
     np.testing.assert_allclose(P.covariance(fq), P.covariance(dq), rtol=2e-5, atol=1e-5)
     np.testing.assert_array_equal(np.sign(fq.scales), np.where(p.scales < 0, -1, 1))  # raw signs
-    np.testing.assert_allclose(render(fq, H, W), render(dq, H, W), atol=2e-6)
+    np.testing.assert_allclose(render(fq, H, W), render(dq, H, W), atol=5e-6)  # same Gaussians, axes ordered differently
     weights = jax.tree_util.tree_map(lambda x: jnp.arange(x.size, dtype=x.dtype).reshape(x.shape), p)
     grad = jax.grad(lambda q: sum(jnp.sum(a * b) for a, b in zip(
         jax.tree_util.tree_leaves(codec.fake_quantize(q, g, H, W)),

@@ -102,9 +102,9 @@ def test_check_grads_tiny_scene():
 
 def test_outside_and_culled_gaussians_contribute_nothing():
     p = P.GaussianParams.create(
-        means=[[5.0, 5.0], [-3.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]],
-        scales=[[1.0, 1.0], [1.0, 1.0], [0.0, 3.0], [2.0, 2.0], [jnp.nan, 1.0]],
-        colors=np.ones((5, 3)), opacity=[[1.0], [1.0], [1.0], [1.0 / 300], [1.0]])
+        means=[[5.0, 5.0], [-3.0, 0.0], [0.0, 0.0], [0.0, 0.0]],
+        scales=[[1.0, 1.0], [1.0, 1.0], [2.0, 2.0], [jnp.nan, 1.0]],
+        colors=np.ones((4, 3)), opacity=[[1.0], [1.0], [1.0 / 300], [1.0]])
     assert pair_count(p, 16, 16) == 0
     img = render(p, 16, 16, backend="xla")
     assert float(jnp.max(img)) == 0.0

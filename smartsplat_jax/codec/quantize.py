@@ -66,7 +66,7 @@ __all__ = ["QuantSpec", "Grid", "Codes", "QUANT_LIMITS", "COLOR_BASIS", "COLOR_B
 
 # float32 2**(k/8), k = 0..7: the mantissas of every step (exact, the same on every machine).
 STEP_MANTISSA = np.asarray([2.0 ** (k / 8) for k in range(8)], np.float32)
-SCALE_LOG2_FLOOR = -6.0  # 1/64 px: the smallest coded standard deviation
+SCALE_LOG2_FLOOR = math.log2(P.SCALE_FLOOR)  # -6: the renderers' scale floor, 1/64 px
 SCALE_MAX_FACTOR = 4.0  # the largest coded standard deviation is 4 * max(H, W) px
 MAX_ANGLE_LEVELS = 1 << 14
 MAX_LEVELS = 1 << 16  # the largest alphabet of any code (and the length of the angle table)

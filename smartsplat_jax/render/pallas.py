@@ -1,22 +1,24 @@
 """Tiled rasterizer with Pallas kernels for the hot loop (forward and backward).
 
 Same definition as every backend (SPEC §3: accumulated sum, alpha = min(1, o exp(-q)), kept
-where q >= 0 and alpha >= 1/255, clamp to [0, 1]); only the order of the work differs.
+where alpha >= 1/255, clamp to [0, 1]) and the same arithmetic: q = 0.5 |M d|^2 with the
+whitening M of `xla.project`, never negative, so the forward and backward stay finite for
+needle-thin Gaussians; only the order of the work differs.
 
 Algorithm:
   1. `xla.project` at tile side T (default 16, so 256 pixels per kernel program) gives the
-     per-Gaussian features [N, 9] and each Gaussian's tile range.
+     per-Gaussian features [N, 10] and each Gaussian's tile range.
   2. Binning (XLA): the (tile, Gaussian) pairs are enumerated in Gaussian-major order into a
      list of static length `capacity`, then stably sorted by tile, so each tile owns one
      contiguous range of the sorted list, its Gaussians in ascending index order.
      `bounds[t]` .. `bounds[t + 1]` is tile t's range. The features are gathered once into
-     pair order, planar ([9, capacity + batch]), so the kernels read them contiguously.
+     pair order, planar ([10, capacity + batch]), so the kernels read them contiguously.
   3. Forward kernel, one program per tile: walks the tile's range `batch` pairs at a time,
      evaluates the [batch, T*T] alphas and accumulates alpha * colour into three [T*T]
      accumulators held on chip; each program writes its own tile once.
   4. Backward kernel, one program per tile: loads the tile's image cotangent once, walks the
      same range and writes, for every pair, the gradient of the loss with respect to the
-     pair's 9 features (a reduction over the tile's pixels) into that pair's own slot. Every
+     pair's 10 features (a reduction over the tile's pixels) into that pair's own slot. Every
      slot has exactly one writer: no atomics, so interpret mode (whose atomics drop duplicate
      adds) and the GPU compute the same numbers, deterministically.
   5. The per-pair gradients are put back in Gaussian-major order (a permutation) and reduced
@@ -164,21 +166,21 @@ def _num_batches(start, end, batch: int):
 def _batch_terms(pf_ref, off, end, px, py, batch: int):
     """Loads `batch` pairs from `off` and evaluates them over the tile's pixels.
 
-    Returns (f, dx, dy, e, v, alpha, keep): f is the list of 9 [batch] feature vectors, the
-    others [batch, T*T] with the same meaning and arithmetic as `xla._pair_terms`; lanes at
-    or beyond `end` (another tile's pairs or padding) are not kept.
+    Returns (f, dx, dy, u, t, e, v, alpha, keep): f is the list of 10 [batch] feature
+    vectors, the others [batch, T*T] with the same meaning and arithmetic as
+    `xla._pair_terms`; lanes at or beyond `end` (another tile's pairs or padding) are not kept.
     """
     f = [pf_ref[k, pl.ds(off, batch)] for k in range(NF)]
     lane = off + lax.iota(jnp.int32, batch)
-    x, y, a, b, c, o = f[0], f[1], f[2], f[3], f[4], f[8]
-    dx = x[:, None] - px[None, :]
-    dy = y[:, None] - py[None, :]
-    q = 0.5 * (a[:, None] * dx * dx + c[:, None] * dy * dy) + b[:, None] * dx * dy
-    e = jnp.exp(-q)
-    v = o[:, None] * e
+    dx = f[0][:, None] - px[None, :]
+    dy = f[1][:, None] - py[None, :]
+    u = f[2][:, None] * dx + f[3][:, None] * dy
+    t = f[4][:, None] * dx + f[5][:, None] * dy
+    e = jnp.exp(-0.5 * (u * u + t * t))
+    v = f[9][:, None] * e
     alpha = jnp.minimum(1.0, v)
-    keep = (q >= 0) & (alpha >= xla.ALPHA_MIN) & (lane < end)[:, None]
-    return f, dx, dy, e, v, jnp.where(keep, alpha, 0.0), keep
+    keep = (alpha >= xla.ALPHA_MIN) & (lane < end)[:, None]
+    return f, dx, dy, u, t, e, v, jnp.where(keep, alpha, 0.0), keep
 
 
 def _forward_kernel(bounds_ref, pf_ref, r_ref, g_ref, b_ref, *, tile, batch, tiles_x):
@@ -189,8 +191,8 @@ def _forward_kernel(bounds_ref, pf_ref, r_ref, g_ref, b_ref, *, tile, batch, til
     px, py = _pixel_coords(t, tiles_x, tile, pf_ref.dtype)
 
     def body(i, acc):
-        f, _, _, _, _, alpha, _ = _batch_terms(pf_ref, start + i * batch, end, px, py, batch)
-        return tuple(a + jnp.sum(alpha * f[5 + k][:, None], axis=0) for k, a in enumerate(acc))
+        f, *_, alpha, _ = _batch_terms(pf_ref, start + i * batch, end, px, py, batch)
+        return tuple(a + jnp.sum(alpha * f[6 + k][:, None], axis=0) for k, a in enumerate(acc))
 
     zero = jnp.zeros((tile * tile,), pf_ref.dtype)
     acc = lax.fori_loop(0, _num_batches(start, end, batch), body, (zero, zero, zero))
@@ -212,22 +214,24 @@ def _backward_kernel(bounds_ref, pf_ref, gr_ref, gg_ref, gb_ref, *out_refs, tile
 
     def body(i, carry):
         off = start + i * batch
-        f, dx, dy, e, v, alpha, keep = _batch_terms(pf_ref, off, end, px, py, batch)
-        a, b, c = f[2][:, None], f[3][:, None], f[4][:, None]
-        d_alpha = (cot[0][None, :] * f[5][:, None] + cot[1][None, :] * f[6][:, None]
-                   + cot[2][None, :] * f[7][:, None])
+        f, dx, dy, u, t, e, v, alpha, keep = _batch_terms(pf_ref, off, end, px, py, batch)
+        m = [f[k][:, None] for k in range(2, 6)]
+        d_alpha = (cot[0][None, :] * f[6][:, None] + cot[1][None, :] * f[7][:, None]
+                   + cot[2][None, :] * f[8][:, None])
         d_color = [jnp.sum(cot[k][None, :] * alpha, axis=1) for k in range(3)]
         # min(1, v) passes half the gradient at v == 1, as jnp.minimum does.
         slope = jnp.where(v < 1.0, 1.0, jnp.where(v == 1.0, 0.5, 0.0))
         d_v = jnp.where(keep, d_alpha * slope, 0.0)
         d_o = jnp.sum(d_v * e, axis=1)
         d_q = -d_v * v
+        d_u, d_t = d_q * u, d_q * t
         grads = (
-            jnp.sum(d_q * (a * dx + b * dy), axis=1),  # x
-            jnp.sum(d_q * (c * dy + b * dx), axis=1),  # y
-            0.5 * jnp.sum(d_q * dx * dx, axis=1),  # conic a
-            jnp.sum(d_q * dx * dy, axis=1),  # conic b
-            0.5 * jnp.sum(d_q * dy * dy, axis=1),  # conic c
+            jnp.sum(d_u * m[0] + d_t * m[2], axis=1),  # x
+            jnp.sum(d_u * m[1] + d_t * m[3], axis=1),  # y
+            jnp.sum(d_u * dx, axis=1),  # m00
+            jnp.sum(d_u * dy, axis=1),  # m01
+            jnp.sum(d_t * dx, axis=1),  # m10
+            jnp.sum(d_t * dy, axis=1),  # m11
             d_color[0], d_color[1], d_color[2], d_o)
         mask = off + lax.iota(jnp.int32, batch) < end
         for out_ref, val in zip(out_refs, grads):
@@ -238,7 +242,7 @@ def _backward_kernel(bounds_ref, pf_ref, gr_ref, gg_ref, gb_ref, *out_refs, tile
 
 
 def _planar_pair_feats(feats: jax.Array, gid_sorted: jax.Array, batch: int) -> jax.Array:
-    """[9, capacity + batch] features of each sorted pair, zero-padded by one batch so that
+    """[10, capacity + batch] features of each sorted pair, zero-padded by one batch so that
     every kernel load of `batch` lanes stays in bounds."""
     pf = feats.T[:, gid_sorted]
     return jnp.pad(pf, ((0, 0), (0, batch)))

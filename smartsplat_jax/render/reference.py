@@ -1,8 +1,11 @@
 """Dense reference renderer: every Gaussian at every pixel (SPEC §3). The test oracle.
 
 Written for clarity, not speed: it builds an [N, H*W] array, so use it on tiny images only.
-It shares nothing with the tiled backends beyond `params.covariance`: it inverts the 2x2
-covariance explicitly and culls nothing but what the definition drops.
+It shares nothing with the tiled backends beyond `params.covariance` (and so the scale floor
+of `params.scale_activation`): it evaluates sigma(d) = 0.5 d^T Sigma^-1 d through the
+Cholesky factor L of Sigma, 0.5 |L^-1 d|^2, with L's last entry from the exact determinant
+det Sigma = (s_x s_y)^2, so sigma is never negative and the render and its autodiff gradients
+are finite for every finite parameter set. It culls nothing but what the definition drops.
 """
 
 from __future__ import annotations
@@ -43,17 +46,20 @@ def render_reference(params: P.GaussianParams, height: int, width: int,
     pts = sample_xy.reshape(-1, 2)  # [M, 2]
     mu = P.normalized_to_pixel(params.means, height, width)  # [N, 2]
     sigma = P.covariance(params)  # [N, 2, 2]
-    sxx, sxy, syy = sigma[:, 0, 0], sigma[:, 0, 1], sigma[:, 1, 1]
-    det = sxx * syy - sxy * sxy
     s = P.scale_activation(params.scales)
-    singular = (s[:, 0] * s[:, 1]) == 0.0  # det(Sigma) = (sx sy)^2 exactly
-    safe_det = jnp.where(singular | (det <= 0), 1.0, det)
-    inv = jnp.stack([syy, -sxy, sxx], -1) / safe_det[:, None]  # [N, 3]: conic (a, b, c)
+    valid = jnp.all(jnp.isfinite(sigma), (-2, -1)) & jnp.all(jnp.isfinite(mu), -1)
+    # Cholesky Sigma = L L^T, L = [[l11, 0], [l21, l22]], l22 = sqrt(det) / l11.
+    sxx = jnp.where(valid, sigma[:, 0, 0], 1.0)
+    l11 = jnp.sqrt(sxx)
+    l21 = jnp.where(valid, sigma[:, 1, 0], 0.0) / l11
+    l22 = jnp.where(valid, s[:, 0] * s[:, 1], 1.0) / l11
     d = mu[:, None, :] - pts[None, :, :]  # [N, M, 2]
-    dx, dy = d[..., 0], d[..., 1]
-    q = 0.5 * (inv[:, 0:1] * dx * dx + inv[:, 2:3] * dy * dy) + inv[:, 1:2] * dx * dy
+    d = jnp.where(valid[:, None, None], d, 0.0)
+    z1 = d[..., 0] / l11[:, None]
+    z2 = (d[..., 1] - l21[:, None] * z1) / l22[:, None]
+    q = 0.5 * (z1 * z1 + z2 * z2)
     alpha = jnp.minimum(1.0, params.opacity * jnp.exp(-q))  # [N, M]
-    keep = (q >= 0) & (alpha >= 1.0 / 255.0) & ~(singular | (det <= 0))[:, None]
+    keep = (alpha >= 1.0 / 255.0) & valid[:, None]
     alpha = jnp.where(keep, alpha, 0.0)
     img = jnp.matmul(alpha.T, params.colors, precision="highest")  # [M, 3]
     img = img.reshape(out_shape + (3,))

@@ -1,14 +1,21 @@
 """Tiled rasterizer in plain XLA: tile binning, chunked pair evaluation, segment sums.
 
 Algorithm (SPEC §3, accumulated sum, no sorting by depth):
-  1. `project`: raw params -> per-Gaussian features [N, 9] = (x_pix, y_pix, conic a, b, c,
-     r, g, b, opacity) and the inclusive tile range [tx0, tx1] x [ty0, ty1] of the exact
-     axis-aligned bounding box of the ellipse where alpha >= 1/255 (half-extents
-     sqrt(2 ln(255 o) Sigma_xx), sqrt(2 ln(255 o) Sigma_yy), widened by a small margin
-     against rounding). This is a superset of the pixels the definition keeps, and tighter
-     than the circle of SPEC §3 for elongated Gaussians. Gaussians with a zero scale
-     (singular Sigma), opacity <= 1/255, non-finite values or no pixel in the image get an
-     empty range and contribute nothing.
+  1. `project`: raw params -> per-Gaussian features [N, 10] = (x_pix, y_pix, whitening
+     m00, m01, m10, m11, r, g, b, opacity) and the inclusive tile range [tx0, tx1] x
+     [ty0, ty1] of the exact axis-aligned bounding box of the ellipse where alpha >= 1/255
+     (half-extents sqrt(2 ln(255 o) Sigma_xx), sqrt(2 ln(255 o) Sigma_yy), widened by a small
+     margin against rounding). This is a superset of the pixels the definition keeps, and
+     tighter than the circle of SPEC §3 for elongated Gaussians. Gaussians with opacity
+     <= 1/255, non-finite values or no pixel in the image get an empty range and contribute
+     nothing.
+     The whitening M = S^-1 R^T (rows (cos, sin) / s_x and (-sin, cos) / s_y) gives
+     sigma(d) = 0.5 |M d|^2 = 0.5 d^T Sigma^-1 d as a sum of two squares: never negative and
+     free of the cancellation of the conic form 0.5 (a dx^2 + c dy^2) + b dx dy, which for a
+     needle-thin Gaussian (s_x = 1e-4 px, s_y = 8 px) comes out near -256 in float32 where
+     the exact value is +18.5, so exp(-sigma) overflowed and 0 * inf poisoned the gradients.
+     With scales floored at `params.SCALE_FLOOR`, every entry of M is at most 64 / px, so
+     the forward and the backward are finite for every finite parameter set.
   2. Pairs (tile, Gaussian) are enumerated implicitly in Gaussian-major order: pair k belongs
      to Gaussian g = searchsorted(cumsum(counts), k) and to the (k - start_g)-th tile of its
      range. Nothing of size "all pairs" is ever built: pairs are processed in chunks of
@@ -33,7 +40,7 @@ arrays, the peak is the tile image accumulator (4 * 3 * H_pad * W_pad bytes; H_p
 H, W rounded up to the tile) plus per-chunk temporaries of about
 `chunk * T*T * 4 bytes * ~12` (alphas, masks, contributions and their cotangents). With the
 default CPU chunk of 2^13 pairs and T = 4 that is ~6 MB per chunk (2^18 on GPU: ~200 MB),
-independent of image size and N. The backward adds the cotangent image and an [N, 9] gradient accumulator. A 16K x 16K
+independent of image size and N. The backward adds the cotangent image and an [N, 10] gradient accumulator. A 16K x 16K
 image therefore needs 3.2 GB for the image, 3.2 GB for its cotangent, plus ~100 MB.
 """
 
@@ -50,7 +57,7 @@ from smartsplat_jax import params as P
 __all__ = ["DEFAULT_TILE", "default_chunk", "Projection", "project", "render_xla", "pair_count"]
 
 ALPHA_MIN = 1.0 / 255.0
-NUM_FEATURES = 9  # x, y, conic a, b, c, r, g, b, opacity
+NUM_FEATURES = 10  # x, y, whitening m00, m01, m10, m11, r, g, b, opacity
 # Relative and absolute widening of the bounding box, in pixels, against float rounding.
 _BOX_REL = 1e-4
 _BOX_ABS = 1e-2
@@ -74,8 +81,9 @@ class Projection(NamedTuple):
     """Per-Gaussian data for the rasterizer.
 
     Attributes:
-      feats: [N, 9] float: pixel centre (x, y), conic (a, b, c) with
-        sigma(d) = 0.5 a dx^2 + b dx dy + 0.5 c dy^2, colour (r, g, b), opacity.
+      feats: [N, 10] float: pixel centre (x, y), whitening (m00, m01, m10, m11) in 1/px
+        with u = m00 dx + m01 dy, t = m10 dx + m11 dy and sigma(d) = 0.5 (u^2 + t^2),
+        colour (r, g, b), opacity.
       tx0, ty0: [N] int32, first tile column / row of the Gaussian's box.
       wx: [N] int32, number of tile columns of the box.
       counts: [N] int32, number of tiles of the box (0: contributes nothing).
@@ -98,15 +106,11 @@ def project(params: P.GaussianParams, height: int, width: int,
     valid = (s[:, 0] > 0) & (s[:, 1] > 0) & (opacity > ALPHA_MIN)
     valid &= jnp.all(jnp.isfinite(mu), -1) & jnp.all(jnp.isfinite(s), -1) & jnp.isfinite(theta)
     valid &= jnp.all(jnp.isfinite(params.colors), -1) & jnp.isfinite(opacity)
-    # Conic Sigma^-1 = R diag(1/sx^2, 1/sy^2) R^T, computed from the scales directly.
+    # Whitening M = S^-1 R^T (see the module docstring): sigma = 0.5 |M d|^2 >= 0.
     safe_s = jnp.where(valid[:, None], s, 1.0)
-    ix, iy = 1.0 / (safe_s[:, 0] ** 2), 1.0 / (safe_s[:, 1] ** 2)
-    a = cos * cos * ix + sin * sin * iy
-    b = cos * sin * (ix - iy)
-    c = sin * sin * ix + cos * cos * iy
-    feats = jnp.concatenate(
-        [mu, jnp.stack([a, b, c], -1), params.colors,
-         opacity[:, None]], axis=-1)
+    ix, iy = 1.0 / safe_s[:, 0], 1.0 / safe_s[:, 1]
+    whiten = jnp.stack([cos * ix, sin * ix, -sin * iy, cos * iy], -1)
+    feats = jnp.concatenate([mu, whiten, params.colors, opacity[:, None]], axis=-1)
     feats = jnp.where(valid[:, None], feats, 0.0)
 
     # Integer tile ranges (not differentiated).
@@ -160,53 +164,57 @@ def _enumerate_chunk(proj: Projection, ends: jax.Array, start: jax.Array, total:
     return gid, tid, ok
 
 def _pair_terms(f: jax.Array, origin: jax.Array, tile: int):
-    """Per-pair pixel offsets, quadratic form and kept alphas over the tile's T*T pixels.
+    """Per-pair pixel offsets, whitened offsets and kept alphas over the tile's T*T pixels.
 
     Args:
-      f: [chunk, 9] features of each pair's Gaussian.
+      f: [chunk, 10] features of each pair's Gaussian.
       origin: [chunk, 2] float pixel coordinates (x, y) of each pair's tile corner.
 
     Returns:
       dx, dy: [chunk, T*T] mu - p in pixels (pixel index = row * T + col within the tile).
-      e: [chunk, T*T] exp(-q).
-      v: [chunk, T*T] o * exp(-q), before the min with 1.
+      u, t: [chunk, T*T] M (dx, dy): sigma = 0.5 (u^2 + t^2) >= 0.
+      e: [chunk, T*T] exp(-sigma), in [0, 1].
+      v: [chunk, T*T] o * exp(-sigma), before the min with 1.
       alpha: [chunk, T*T] the kept alpha (0 where dropped by SPEC §3).
       keep: [chunk, T*T] bool.
     """
     ly, lx = jnp.divmod(jnp.arange(tile * tile), tile)
     dx = f[:, 0:1] - (origin[:, 0:1] + lx.astype(f.dtype))
     dy = f[:, 1:2] - (origin[:, 1:2] + ly.astype(f.dtype))
-    q = 0.5 * (f[:, 2:3] * dx * dx + f[:, 4:5] * dy * dy) + f[:, 3:4] * dx * dy
-    e = jnp.exp(-q)
-    v = f[:, 8:9] * e
+    u = f[:, 2:3] * dx + f[:, 3:4] * dy
+    t = f[:, 4:5] * dx + f[:, 5:6] * dy
+    e = jnp.exp(-0.5 * (u * u + t * t))
+    v = f[:, 9:10] * e
     alpha = jnp.minimum(1.0, v)
-    keep = (q >= 0) & (alpha >= ALPHA_MIN)
-    return dx, dy, e, v, jnp.where(keep, alpha, 0.0), keep
+    keep = alpha >= ALPHA_MIN
+    return dx, dy, u, t, e, v, jnp.where(keep, alpha, 0.0), keep
 
 def _pair_contrib(f: jax.Array, origin: jax.Array, tile: int) -> jax.Array:
     """[chunk, T*T, 3] alpha * colour of each pair over its tile's pixels."""
-    alpha = _pair_terms(f, origin, tile)[4]
-    return alpha[:, :, None] * f[:, None, 5:8]
+    alpha = _pair_terms(f, origin, tile)[6]
+    return alpha[:, :, None] * f[:, None, 6:9]
 
 def _pair_contrib_vjp(f: jax.Array, origin: jax.Array, cot: jax.Array, tile: int) -> jax.Array:
-    """Gradient of sum(cot * _pair_contrib(f, origin)) with respect to f: [chunk, 9].
+    """Gradient of sum(cot * _pair_contrib(f, origin)) with respect to f: [chunk, 10].
 
     Hand-derived (fewer passes over [chunk, T*T] than autodiff); min(1, v) passes half the
-    gradient at v == 1, as jax.numpy.minimum does, so both backends agree exactly.
+    gradient at v == 1, as jax.numpy.minimum does, so both backends agree exactly. Every
+    factor is finite (e <= 1; |u|, |t| <= 64 |d| / px by the scale floor), so dropped pixels
+    contribute exactly 0.
     """
-    dx, dy, e, v, alpha, keep = _pair_terms(f, origin, tile)
-    d_alpha = jnp.einsum("pkc,pc->pk", cot, f[:, 5:8])  # [chunk, T*T]
+    dx, dy, u, t, e, v, alpha, keep = _pair_terms(f, origin, tile)
+    d_alpha = jnp.einsum("pkc,pc->pk", cot, f[:, 6:9])  # [chunk, T*T]
     d_color = jnp.einsum("pkc,pk->pc", cot, alpha)  # [chunk, 3]
     slope = jnp.where(v < 1.0, 1.0, jnp.where(v == 1.0, 0.5, 0.0))
     d_v = jnp.where(keep, d_alpha * slope, 0.0)
     d_o = jnp.sum(d_v * e, axis=1, keepdims=True)
     d_q = -d_v * v
-    d_a = 0.5 * jnp.sum(d_q * dx * dx, axis=1, keepdims=True)
-    d_c = 0.5 * jnp.sum(d_q * dy * dy, axis=1, keepdims=True)
-    d_b = jnp.sum(d_q * dx * dy, axis=1, keepdims=True)
-    d_mx = jnp.sum(d_q * (f[:, 2:3] * dx + f[:, 3:4] * dy), axis=1, keepdims=True)
-    d_my = jnp.sum(d_q * (f[:, 4:5] * dy + f[:, 3:4] * dx), axis=1, keepdims=True)
-    return jnp.concatenate([d_mx, d_my, d_a, d_b, d_c, d_color, d_o], axis=1)
+    d_u, d_t = d_q * u, d_q * t
+    s = lambda x: jnp.sum(x, axis=1, keepdims=True)  # noqa: E731
+    d_mx = s(d_u * f[:, 2:3] + d_t * f[:, 4:5])
+    d_my = s(d_u * f[:, 3:4] + d_t * f[:, 5:6])
+    d_m = [s(d_u * dx), s(d_u * dy), s(d_t * dx), s(d_t * dy)]
+    return jnp.concatenate([d_mx, d_my, *d_m, d_color, d_o], axis=1)
 
 def _tile_origins(tid: jax.Array, tiles_x: int, tile: int, dtype) -> jax.Array:
     ty, tx = jnp.divmod(tid, tiles_x)
