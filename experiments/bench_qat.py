@@ -60,12 +60,13 @@ def _row(size: str) -> dict:
     capacity = (pair_capacity(params, height, width)
                 if resolve_backend(config.backend) == "pallas" else None)
     step0, count = jnp.asarray(0, jnp.int32), jnp.asarray(_CHUNK.value, jnp.int32)
+    lr_scale = jnp.asarray(1.0, jnp.float32)
     never = QatSchedule(*(jnp.asarray(config.steps, jnp.int32),) * 2)
     always = QatSchedule(*(jnp.asarray(0, jnp.int32),) * 2)
 
     def timed(schedule, qat):
         fn = lambda: _run_chunk(params, opt_state, image, qgrid, step0, count, schedule,  # noqa: E731
-                                config=config, capacity=capacity, qat=qat)
+                                lr_scale, config=config, capacity=capacity, qat=qat)
         return 1e3 * median_seconds(fn, repeats=_REPEATS.value) / _CHUNK.value
 
     ms_float = timed(never, False)

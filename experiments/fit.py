@@ -4,7 +4,12 @@
   python -m experiments.fit --image=photo.png --cr=50 --steps=5000 --workdir=results/photo
   python -m experiments.fit --config=experiments/configs/paper.py --image=photo.png
   python -m experiments.fit --config.lambda_l1=0.8          # any config field
-  python -m experiments.fit --workdir=results/photo --resume # continue a killed run
+  python -m experiments.fit --workdir=results/photo           # rerun: resumes a killed run
+  python -m experiments.fit --workdir=results/photo --noresume # start over
+
+Ctrl-C (SIGINT) or SIGTERM finishes the current chunk, writes a checkpoint and exits; the
+same command resumes. A workdir holding another run's checkpoints (another image, CR,
+method, seed or training config) is refused with a clear error.
 
 Outputs (in --workdir): image.ssplat (the compressed file), recon.png (the file decoded),
 params.npz (float parameters), metrics.json, history.json, curve.png, init_weights.png,
@@ -21,7 +26,7 @@ from ml_collections import config_flags
 
 from smartsplat_jax import DEMO_IMAGE, ImageError
 from smartsplat_jax.pipeline import run_fit
-from smartsplat_jax.train import TrainingDiverged
+from smartsplat_jax.train import TrainingDiverged, TrainingInterrupted
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "default.py"),
@@ -35,13 +40,14 @@ _SEED = flags.DEFINE_integer("seed", None, "PRNG seed of the initialization.")
 _GAUSSIANS = flags.DEFINE_string("gaussians", None, "paper | N: how many Gaussians the "
                                  "budget buys (see codec.rate.gaussians_for_budget).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.")
-_RESUME = flags.DEFINE_bool("resume", False, "Continue from the workdir's latest checkpoint.")
+_RESUME = flags.DEFINE_bool("resume", True, "Continue from the workdir's newest checkpoint "
+                            "of the same run (--noresume: delete them and start over).")
 _QAT = flags.DEFINE_integer("qat_steps", None,
                             "How many of the steps, at the end, train through the file's "
                             "quantizer (default 10%, at least 20).")
 
 _TRAIN_FIELDS = ("lambda_l1", "lr_means", "lr_scales", "lr_colors", "lr_rotation",
-                 "chunk_steps", "eval_every", "checkpoint_every")
+                 "chunk_steps", "eval_every", "checkpoint_every", "max_retries")
 
 
 def main(argv):
@@ -63,6 +69,12 @@ def main(argv):
                          qat_steps=_QAT.value, **overrides)
     except (ImageError, ValueError, OSError, TrainingDiverged) as e:
         sys.exit(f"error: {e}")
+    except TrainingInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted (no checkpoint written: stopped before training)", file=sys.stderr)
+        sys.exit(130)
     ms = "n/a" if result["ms_ssim"] is None else f"{result['ms_ssim']:.4f}"
     print(f"{result['method']} on {os.path.basename(image)} ({result['width']}x{result['height']}), "
           f"CR {result['cr']:g}, N={result['num_gaussians']}, {result['steps']} steps: "

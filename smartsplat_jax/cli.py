@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--gaussians", default="paper", type=_gaussians,
                    help="how many Gaussians the budget buys: paper (N = 3HW/(7 CR), as the "
                         "paper; default) or a number")
+    c.add_argument("--checkpoint-every", type=int, default=500,
+                   help="write a training checkpoint every this many steps (default 500) to "
+                        ".OUTPUT.checkpoints beside OUTPUT; a rerun of the same command "
+                        "resumes from it; removed on success")
+    c.add_argument("--restart", action="store_true",
+                   help="ignore (delete) the checkpoints of an earlier run and start over")
     c.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     c.add_argument("--quiet", action="store_true", help="no progress output")
     d = sub.add_parser("decompress", help=".ssplat file -> image file (PNG, TIFF, ...)")
@@ -86,21 +92,40 @@ def _check_output(path: str, force: bool) -> None:
         raise FileNotFoundError(f"cannot write {path}: folder {parent} does not exist")
 
 
+def _checkpoint_dir(output: str) -> str:
+    """Where `compress` keeps its training checkpoints: beside OUTPUT, removed on success."""
+    head, tail = os.path.split(os.path.abspath(output))
+    return os.path.join(head, f".{tail}.checkpoints")
+
+
 def _compress(args) -> int:
+    import shutil
+
     from smartsplat_jax import io as sio
     from smartsplat_jax.pipeline import compress_image
 
     _check_output(args.output, args.force)
+    ckpt = _checkpoint_dir(args.output)
     data, r = compress_image(args.input, cr=args.cr, method=args.method, steps=args.steps,
                              qat_steps=args.qat_steps, backend=args.backend, seed=args.seed,
-                             gaussians=args.gaussians, progress=not args.quiet)
+                             gaussians=args.gaussians, progress=not args.quiet,
+                             checkpoint_dir=ckpt, resume=not args.restart,
+                             checkpoint_every=args.checkpoint_every)
     sio.atomic_write_bytes(args.output, data, overwrite=args.force)
+    if r["diverged"] is not None:
+        e = r["diverged"]
+        print(f"smartsplat compress: error: {e}\nwrote the parameters of step {e.good_step} "
+              f"(the last finite ones) to {args.output}: PSNR {r['psnr']:.2f} dB; checkpoints "
+              f"kept in {ckpt}", file=sys.stderr)
+        return 1
+    shutil.rmtree(ckpt, ignore_errors=True)
     note = "" if r["fits_budget"] else (
         f" (over the {r['budget_bytes']}-byte budget even at the coarsest quantization)")
+    resumed = "" if r["resumed_from"] is None else f" (resumed from step {r['resumed_from']})"
     print(f"{args.output}: {r['width']}x{r['height']}, N={r['num_gaussians']}, "
           f"{r['file_bytes']} bytes ({r['bytes_per_gaussian']:.2f} B/Gaussian), real CR "
           f"{r['actual_cr']:.2f}{note}; PSNR {r['psnr']:.2f} dB (float {r['psnr_float']:.2f}); "
-          f"{r['seconds']:.1f} s")
+          f"{r['seconds']:.1f} s{resumed}")
     return 0
 
 
@@ -141,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from smartsplat_jax.codec import CodecError
     from smartsplat_jax.io import ImageError
-    from smartsplat_jax.train import TrainingDiverged
+    from smartsplat_jax.train import TrainingDiverged, TrainingInterrupted
 
     run = {"compress": _compress, "decompress": _decompress, "info": _info}[args.command]
     try:
@@ -149,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CodecError, ImageError, ValueError, OSError, TrainingDiverged) as e:
         print(f"smartsplat {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as e:
+        print(f"smartsplat {args.command}: interrupted, no output written; {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print(f"smartsplat {args.command}: interrupted; no output written", file=sys.stderr)
         return 130

@@ -41,7 +41,7 @@ from smartsplat_jax.codec.quantize import QuantSpec
 from smartsplat_jax.codec.rate import (BudgetQuantizer, byte_budget, fit_budget,
                                        gaussians_for_budget)
 from smartsplat_jax.render import output_size, render, rescale_params, resolve_backend
-from smartsplat_jax.train import config_for_method, fit, initialize
+from smartsplat_jax.train import TrainingDiverged, config_for_method, fit, initialize
 from smartsplat_jax.train.config import FitConfig
 
 __all__ = ["run_fit", "compress_image", "encode_trained", "decompress",
@@ -119,16 +119,20 @@ def decompress(data: bytes, *, width: int | None = None, height: int | None = No
 def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
                    method: str = "smartsplat", steps: int = 1000, backend: str = "auto",
                    seed: int = 0, gaussians="paper", progress: bool = True,
+                   checkpoint_dir: str | os.PathLike | None = None, resume: bool = True,
                    **overrides) -> tuple[bytes, dict]:
-    """Compresses an image file to .ssplat bytes (no files written).
+    """Compresses an image file to .ssplat bytes (no output file written).
 
     `gaussians`: how many Gaussians the budget buys: "paper" (N = floor(3HW / (7 CR))) or N
-    (`codec.rate.gaussians_for_budget`). `overrides` are FitConfig fields (qat_steps,
-    lambda_l1, lr_*, ...).
+    (`codec.rate.gaussians_for_budget`). `checkpoint_dir`: a folder for training
+    checkpoints (resumed from when they belong to this run, see `train.fit`; None: none).
+    `overrides` are FitConfig fields (qat_steps, lambda_l1, lr_*, checkpoint_every, ...).
 
     Returns:
       (data, result): the file's bytes and a dict with height, width, num_gaussians,
-      file_bytes, actual_cr, psnr (of the decoded file), psnr_float and timings.
+      file_bytes, actual_cr, psnr (of the decoded file), psnr_float, timings, resumed_from,
+      rollbacks and diverged (None, or the `TrainingDiverged` whose last good parameters
+      `data` encodes).
     """
     config = config_for_method(method, steps=steps, backend=backend, **overrides)
     image = sio.load_image(image_path)
@@ -137,13 +141,20 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
     t0 = time.perf_counter()
     params0, _ = initialize(method, jax.random.PRNGKey(seed), image, n)
     budget = byte_budget(h, w, cr)
-    params, history = fit(image, params0, config, progress=progress,
-                          quantizer=BudgetQuantizer(h, w, budget, backend=config.backend))
+    run_info = {"method": method, "seed": seed, "cr": float(cr), "gaussians": str(gaussians)}
+    diverged = None
+    try:
+        params, history = fit(image, params0, config, progress=progress,
+                              workdir=checkpoint_dir, resume=resume, run_info=run_info,
+                              quantizer=BudgetQuantizer(h, w, budget, backend=config.backend))
+    except TrainingDiverged as e:
+        diverged, params, history = e, e.params, e.history
     data, rendered, info = _encode_and_decode(image, params, history, config, budget)
     result = {"image": str(image_path), "height": h, "width": w, "cr": float(cr),
               "method": method, "gaussians": gaussians, "num_gaussians": n, "steps": steps,
               "psnr": metrics.psnr(rendered, image), "seconds": time.perf_counter() - t0,
-              **info}
+              "resumed_from": history["resumed_from"],
+              "rollbacks": len(history.get("rollbacks", [])), "diverged": diverged, **info}
     return data, result
 
 
@@ -190,7 +201,7 @@ def _curve(history: dict) -> "object":
 
 def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: float = 20.0,
             method: str = "smartsplat", steps: int = 2000, backend: str = "auto",
-            seed: int = 0, gaussians="paper", resume: bool = False, progress: bool = True,
+            seed: int = 0, gaussians="paper", resume: bool = True, progress: bool = True,
             visualize: bool = True, **overrides) -> dict:
     """Compresses one image with `method` and writes the outputs listed in the module doc.
 
@@ -204,7 +215,9 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
       seed: PRNG seed of the initialization.
       gaussians: how many Gaussians the budget buys: "paper" (N = floor(3HW / (7 CR)), as
         the paper) or N (`codec.rate.gaussians_for_budget`).
-      resume: continue from workdir/checkpoints.
+      resume: continue from workdir/checkpoints when they belong to this run (same image,
+        method, seed, CR, N and training config; another run's raise ValueError); False:
+        delete them and start over (see `train.fit`).
       overrides: further FitConfig fields (qat_steps, lambda_l1, lr_*, chunk_steps, ...).
 
     Returns:
@@ -212,7 +225,9 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
 
     Raises:
       ImageError, ValueError, OSError: bad inputs, with messages naming them.
-      TrainingDiverged: NaN/Inf during training.
+      TrainingDiverged: NaN/Inf that retries did not cure; the best parameters so far are
+        written first (image.ssplat, params.npz, recon.png, metrics.json with "diverged").
+      TrainingInterrupted: SIGINT/SIGTERM, after writing a checkpoint.
     """
     config = config_for_method(method, steps=steps, backend=backend, **overrides)
     out = check_workdir(workdir)
@@ -234,8 +249,14 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
         init_psnr = metrics.psnr(render(params0, h, w, backend=config.backend), image)
 
     budget = byte_budget(h, w, cr)
-    params, history = fit(image, params0, config, workdir=out, resume=resume, progress=progress,
-                          quantizer=BudgetQuantizer(h, w, budget, backend=config.backend))
+    run_info = {"method": method, "seed": seed, "cr": float(cr), "gaussians": str(gaussians)}
+    diverged = None
+    try:
+        params, history = fit(image, params0, config, workdir=out, resume=resume,
+                              run_info=run_info, progress=progress,
+                              quantizer=BudgetQuantizer(h, w, budget, backend=config.backend))
+    except TrainingDiverged as e:
+        diverged, params, history = e, e.params, e.history
     data, rendered, info = _encode_and_decode(image, params, history, config, budget)
     try:
         ms = metrics.ms_ssim(rendered, image)
@@ -250,10 +271,16 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
         "init_seconds": init_seconds, "train_seconds": history["train_seconds"],
         "compile_seconds": history["compile_seconds"],
         # Steady-state rate (compilation excluded); None after a resume, whose timing is split.
-        "it_per_s": None if history["resumed_from"] is not None else
+        "it_per_s": None if history["resumed_from"] is not None or diverged else
         config.steps / max(history["train_seconds"] - history["compile_seconds"], 1e-9),
         "resumed_from": history["resumed_from"],
-        "backend": resolve_backend(config.backend), "optimizer": config.optimizer,
+        "rollbacks": len(history.get("rollbacks", [])),
+        "nonfinite_grad_chunks": len(history.get("nonfinite_grads", [])),
+        "diverged": None if diverged is None else {"message": str(diverged),
+                                                   "step": diverged.step,
+                                                   "params_step": diverged.good_step},
+        "backend": history.get("backend") or resolve_backend(config.backend),
+        "optimizer": config.optimizer,
         "loss": config.loss, "device": str(jax.devices()[0].device_kind),
         "platform": jax.default_backend(), "jax_version": jax.__version__,
     }
@@ -265,4 +292,10 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
     sio.atomic_write_bytes(out / "curve.png", buf.getvalue())
     sio.atomic_write_bytes(out / "history.json", json.dumps(history, indent=1).encode())
     sio.atomic_write_bytes(out / "metrics.json", json.dumps(result, indent=2).encode())
+    if diverged is not None:
+        raise TrainingDiverged(
+            f"{diverged}\nThe parameters of step {diverged.good_step} (the last finite ones) "
+            f"were written to {out}: image.ssplat ({result['psnr']:.2f} dB), params.npz, "
+            "recon.png, metrics.json", step=diverged.step, good_step=diverged.good_step,
+            params=params, history=history) from None
     return result

@@ -18,7 +18,7 @@ from smartsplat_jax import params as P
 from smartsplat_jax.codec.rate import BudgetQuantizer, byte_budget
 from smartsplat_jax.pipeline import encode_trained, load_params
 from smartsplat_jax.render import render
-from smartsplat_jax.train import (TrainingDiverged, config_for_method, default_qat_steps, fit,
+from smartsplat_jax.train import (config_for_method, default_qat_steps, fit,
                                   initialize, make_optimizer)
 from smartsplat_jax.train.loop import _run_chunk
 
@@ -192,20 +192,6 @@ def test_qat_and_colour_bound_fields_are_checked():
     assert config_for_method("smartsplat", steps=10).qat_steps_used == 5
     assert config_for_method("smartsplat", steps=10, qat_steps=30).qat_steps_used == 10
     assert default_qat_steps(50_000) == 1000 and default_qat_steps(10**6) == 1000
-
-
-def test_divergence_stops_with_clear_message(small_photo, tmp_path):
-    _, img = small_photo
-    h, w = img.shape[:2]
-    p0, _ = initialize("random", jax.random.PRNGKey(0), img, num_gaussians(h, w, 50))
-    ok = config_for_method("smartsplat", steps=10, chunk_steps=10, eval_every=0, checkpoint_every=10)
-    good, _ = fit(img, p0, ok, workdir=tmp_path, progress=False)
-    before = sorted((tmp_path / "checkpoints").iterdir())
-    bad = config_for_method("smartsplat", steps=40, chunk_steps=10, eval_every=0,
-                            checkpoint_every=10, lr_means=3e38)
-    with pytest.raises(TrainingDiverged, match=r"stopped at step \d+.*last good checkpoint"):
-        fit(img, p0, bad, workdir=tmp_path, resume=True, progress=False)
-    assert sorted((tmp_path / "checkpoints").iterdir()) == before
 
 
 def _run(args, cwd=ROOT):

@@ -25,4 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.chunk_steps = 100
     c.eval_every = 250
     c.checkpoint_every = 500
+    # A chunk whose loss or parameters turn NaN/Inf is rolled back and retried at 1/4 of the
+    # learning rates up to this many times in a row before the run stops (writing its best
+    # parameters).
+    c.max_retries = 3
     return c

@@ -6,11 +6,11 @@
 """
 
 from smartsplat_jax.train.config import METHODS, FitConfig, config_for_method, default_qat_steps
-from smartsplat_jax.train.loop import (QatSchedule, TrainingDiverged, fit, loss_value,
-                                       qat_schedule, snap)
+from smartsplat_jax.train.loop import (QatSchedule, TrainingDiverged, TrainingInterrupted, fit,
+                                       loss_value, qat_schedule, snap)
 from smartsplat_jax.train.methods import initialize
 from smartsplat_jax.train.optim import make_optimizer
 
 __all__ = ["METHODS", "FitConfig", "config_for_method", "default_qat_steps", "TrainingDiverged",
-           "QatSchedule", "fit", "loss_value", "qat_schedule", "snap", "initialize",
-           "make_optimizer"]
+           "TrainingInterrupted", "QatSchedule", "fit", "loss_value", "qat_schedule", "snap",
+           "initialize", "make_optimizer"]

@@ -37,6 +37,10 @@ class FitConfig:
       color_bounds: (lo, hi): after every update the colours are projected into this RGB box,
         so that none drifts beyond what the codec stores (`codec.quantize.COLOR_BOX`, which
         it must lie within); None: no projection.
+      max_retries: a chunk whose loss or parameters become non-finite is rolled back and run
+        again at smaller learning rates up to this many times in a row before training
+        stops with `TrainingDiverged` (0: stop at once).
+      retry_lr_factor: each retry multiplies every learning rate by this factor, in (0, 1).
     """
 
     steps: int = 50_000
@@ -56,6 +60,8 @@ class FitConfig:
     qat_steps: int | None = None
     qat_lr_scale: float = 1.0
     color_bounds: tuple[float, float] | None = (-1.0, 2.0)
+    max_retries: int = 3
+    retry_lr_factor: float = 0.25
 
     @property
     def qat_steps_used(self) -> int:
@@ -73,7 +79,7 @@ class FitConfig:
 
         positive_int("steps")
         positive_int("chunk_steps")
-        for name in ("eval_every", "checkpoint_every", "lr_halve_every"):
+        for name in ("eval_every", "checkpoint_every", "lr_halve_every", "max_retries"):
             positive_int(name, allow_zero=True)
         if self.loss not in LOSSES:
             raise ValueError(f"loss={self.loss!r} must be one of {', '.join(LOSSES)}")
@@ -90,6 +96,9 @@ class FitConfig:
 
         if self.qat_steps is not None:
             positive_int("qat_steps", allow_zero=True)
+        v = self.retry_lr_factor
+        if not (isinstance(v, (int, float)) and 0 < v < 1):
+            raise ValueError(f"retry_lr_factor={v!r} must be a number in (0, 1)")
         v = self.qat_lr_scale
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise ValueError(f"qat_lr_scale={v!r} must be a finite number > 0")

@@ -5,20 +5,45 @@ most `chunk_steps` inside one compiled `lax.scan` (no host round trip per step);
 boundaries are a pure function of the step number and the config (multiples of
 chunk_steps, eval_every and checkpoint_every), so a run resumed from a checkpoint takes the
 same chunks, performs the same arithmetic and ends with the same parameters as an
-uninterrupted one. Between chunks the loop checks that the losses and parameters are
-finite, logs progress, evaluates and writes checkpoints.
+uninterrupted one (bit for bit on CPU).
+
+Robustness (nothing a long run meets stops it without a result):
+  * Inside a step, non-finite gradient entries are zeroed before the optimizer sees them
+    (so NaN never reaches Adam's moments), a step whose loss is not finite changes nothing,
+    and raw scales are kept at or above `params.SCALE_FLOOR` in magnitude (the renderers
+    floor them there anyway; this keeps their gradient alive). The chunk reports, per
+    attribute, how many Gaussians had non-finite gradients; the loop logs it.
+  * A chunk whose loss or parameters are not finite rolls back to its start and runs again
+    with every learning rate scaled by `retry_lr_factor` (a traced value: no recompilation),
+    up to `max_retries` times in a row; then `TrainingDiverged` carries the last good
+    parameters (callers write them: `pipeline.run_fit` writes params.npz and a decodable
+    file).
+  * With a workdir: checkpoints every `checkpoint_every` steps hold the whole state
+    (parameters, optimizer state, step, history; training draws no random numbers) and a
+    fingerprint of the run (image, N, training config, budget, caller's run info). A rerun
+    resumes from the newest readable checkpoint of the same run (an unreadable newest
+    falls back to the previous one), refuses another run's checkpoints with a clear error,
+    or, with resume=False, deletes them first. SIGINT and SIGTERM finish the current chunk,
+    write a checkpoint and raise `TrainingInterrupted` (a second signal stops at once).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
 import math
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from smartsplat_jax import losses
@@ -27,17 +52,75 @@ from smartsplat_jax import params as P
 from smartsplat_jax.codec.quantize import Grid, QuantSpec, fake_quantize, grid, project
 from smartsplat_jax.init.smart import check_image
 from smartsplat_jax.render import pair_capacity, render, resolve_backend
-from smartsplat_jax.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from smartsplat_jax.train.checkpoint import (clear_checkpoints, latest_checkpoint, load_latest,
+                                             save_checkpoint)
 from smartsplat_jax.train.config import FitConfig
 from smartsplat_jax.train.optim import make_optimizer
 from smartsplat_jax.train.progress import Progress
 
-__all__ = ["TrainingDiverged", "QatSchedule", "FixedQuantizer", "fit", "loss_value",
-           "qat_schedule", "snap"]
+__all__ = ["TrainingDiverged", "TrainingInterrupted", "QatSchedule", "FixedQuantizer", "fit",
+           "loss_value", "qat_schedule", "snap", "run_fingerprint"]
 
 
 class TrainingDiverged(FloatingPointError):
-    """The loss or the parameters became NaN or infinite."""
+    """The loss or the parameters stayed NaN/Inf after every retry.
+
+    Attributes:
+      step: the first step found non-finite in the last retry.
+      good_step: the step of `params`, the last finite state (the chunk's start).
+      params: the last good raw parameters (never None when raised by `fit`).
+      history: the training history up to `good_step`.
+    """
+
+    def __init__(self, message: str, *, step=None, good_step=None, params=None, history=None):
+        super().__init__(message)
+        self.step, self.good_step, self.params, self.history = step, good_step, params, history
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training between two chunks, after writing a checkpoint.
+
+    Attributes: step (where it stopped), checkpoint (the file written, or None without a
+    workdir), signum (the signal), exit_code (128 + signum, the shell's convention)."""
+
+    def __init__(self, message: str, *, step: int, checkpoint, signum: int):
+        super().__init__(message)
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
+        self.exit_code = 128 + int(signum)
+
+
+class _StopRequests:
+    """Turns the first SIGINT/SIGTERM into a request the loop honours after the current chunk
+    (a second one raises KeyboardInterrupt at once). Only in the main thread."""
+
+    def __init__(self, stream=None):
+        self.signum = None
+        self.stream = stream or sys.stderr
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            self._restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.stream.write(f"\n{signal.Signals(signum).name}: stopping after the current chunk to "
+                          "write a checkpoint (send it again to stop at once)\n")
+        self.stream.flush()
+
+    def _restore(self):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+    def __exit__(self, *exc):
+        self._restore()
+        return False
 
 
 def loss_value(params: P.GaussianParams, image: jax.Array, config: FitConfig,
@@ -104,37 +187,62 @@ def _chunk_length(config: FitConfig) -> int:
     return min(config.chunk_steps, config.steps)
 
 
+_GROUP_NAMES = ("means", "scales", "rotation", "colors", "opacity")  # GaussianParams leaf order
+
+
+def _floor_scales(raw: jax.Array) -> jax.Array:
+    """Raw scales with |raw| >= SCALE_FLOOR, sign kept (0 goes to +floor)."""
+    f = jnp.asarray(P.SCALE_FLOOR, raw.dtype)
+    return jnp.where(jnp.abs(raw) < f, jnp.where(raw < 0, -f, f), raw)
+
+
 @functools.partial(jax.jit, static_argnames=("config", "capacity", "qat"))
-def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, *, config: FitConfig,
-               capacity: int | None = None, qat: bool = True):
+def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale, *,
+               config: FitConfig, capacity: int | None = None, qat: bool = True):
     """`count` (traced, <= `_chunk_length(config)`) optimizer steps from step `step0`,
-    quantization-aware by `schedule` with the quantizer `qgrid`. All of these are traced, so
-    a chunk of any length, a new quantizer or a phase switch never recompiles: a run compiles
-    one program. `qat` False, for runs without a quantizer, leaves the quantization code out.
-    Returns (params, opt_state, losses [L], mses [L], finite) with L = `_chunk_length(config)`
-    (entries from `count` on are 0), where finite says every parameter is finite at the end."""
+    quantization-aware by `schedule` with the quantizer `qgrid`, every update scaled by
+    `lr_scale`. All of these are traced, so a chunk of any length, a new quantizer, a phase
+    switch or a retry at a smaller step never recompiles: a run compiles one program. `qat`
+    False, for runs without a quantizer, leaves the quantization code out.
+
+    Returns (params, opt_state, losses [L], mses [L], finite, bad) with L =
+    `_chunk_length(config)` (entries from `count` on are 0), finite: every parameter is
+    finite at the end, bad: [5] int32, per attribute (means, scales, rotation, colors,
+    opacity) the number of (Gaussian, step) pairs whose gradient had a non-finite entry
+    (zeroed before the optimizer)."""
     opt = make_optimizer(config)
     grad_fn = jax.value_and_grad(loss_value, has_aux=True)
     h, w = image.shape[:2]
 
     def train_step(carry, t):
-        p, s = carry
+        p, s, bad = carry
         on_pos, on_geo = t >= schedule.positions, t >= schedule.geometry
         (loss, mse), grads = grad_fn(p, image, config, capacity)
-        updates, s = opt.update(grads, s, p)
-        if not qat:
-            return (_project_colors(optax.apply_updates(p, updates), config), s), (loss, mse)
-        lr = jnp.where(on_pos, config.qat_lr_scale, 1.0)
+        nonfinite = [~jnp.isfinite(g) for g in jax.tree_util.tree_leaves(grads)]
+        bad = bad + jnp.stack([jnp.sum(jnp.any(m, axis=-1)).astype(jnp.int32)
+                               for m in nonfinite])
+        grads = jax.tree_util.tree_unflatten(
+            jax.tree_util.tree_structure(grads),
+            [jnp.where(m, jnp.zeros_like(g), g)
+             for g, m in zip(jax.tree_util.tree_leaves(grads), nonfinite)])
+        updates, new_s = opt.update(grads, s, p)
+        lr = lr_scale if not qat else lr_scale * jnp.where(on_pos, config.qat_lr_scale, 1.0)
         updates = jax.tree_util.tree_map(lambda u: u * lr.astype(u.dtype), updates)
-        keep = lambda flag, u: jnp.where(flag, jnp.zeros_like(u), u)  # noqa: E731  frozen groups
-        updates = updates.replace(means=keep(on_pos, updates.means),
-                                  scales=keep(on_geo, updates.scales),
-                                  rotation=keep(on_geo, updates.rotation))
-        p = _project_colors(optax.apply_updates(p, updates), config)
-        p = jax.tree_util.tree_map(lambda a, b: jnp.where(on_pos, a, b),
-                                   project(p, qgrid, h, w), p)
-        p = snap(p, qgrid, h, w, on_pos, on_geo, False)
-        return (p, s), (loss, mse)
+        if qat:
+            keep = lambda flag, u: jnp.where(flag, jnp.zeros_like(u), u)  # noqa: E731  frozen
+            updates = updates.replace(means=keep(on_pos, updates.means),
+                                      scales=keep(on_geo, updates.scales),
+                                      rotation=keep(on_geo, updates.rotation))
+        new_p = _project_colors(optax.apply_updates(p, updates), config)
+        new_p = new_p.replace(scales=_floor_scales(new_p.scales))
+        if qat:
+            new_p = jax.tree_util.tree_map(lambda a, b: jnp.where(on_pos, a, b),
+                                           project(new_p, qgrid, h, w), new_p)
+            new_p = snap(new_p, qgrid, h, w, on_pos, on_geo, False)
+        # A step whose loss is not finite changes nothing (the chunk is then rolled back).
+        ok = jnp.isfinite(loss)
+        p, s = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), (new_p, new_s), (p, s))
+        return (p, s, bad), (loss, mse)
 
     def skip(carry, t):
         return carry, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
@@ -142,10 +250,11 @@ def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, *, confi
     def step(carry, i):
         return jax.lax.cond(i < count, train_step, skip, carry, step0 + i)
 
-    (params, opt_state), (loss, mse) = jax.lax.scan(step, (params, opt_state),
-                                                    jnp.arange(_chunk_length(config)))
+    bad0 = jnp.zeros((len(_GROUP_NAMES),), jnp.int32)
+    (params, opt_state, bad), (loss, mse) = jax.lax.scan(
+        step, (params, opt_state, bad0), jnp.arange(_chunk_length(config)))
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)]))
-    return params, opt_state, loss, mse, finite
+    return params, opt_state, loss, mse, finite, bad
 
 
 def _next_boundary(step: int, config: FitConfig, qat_start: int | None = None) -> int:
@@ -179,9 +288,64 @@ class FixedQuantizer:
         return spec, {}
 
 
+# FitConfig fields that may change between a run and its resumption: they schedule the work
+# (how long, how it is chunked, evaluated and saved, how failures are retried) without
+# changing what one step computes. The result equals the uninterrupted run's bit for bit
+# when chunk_steps, eval_every and checkpoint_every are unchanged too.
+_RESUMABLE_CHANGES = ("steps", "qat_steps", "chunk_steps", "eval_every", "checkpoint_every",
+                      "backend", "max_retries", "retry_lr_factor")
+
+
+def run_fingerprint(image, num: int, config: FitConfig, quantizer=None,
+                    run_info: dict | None = None) -> dict:
+    """What identifies a training run for its checkpoints (JSON-ready): a hash of the image,
+    its size, N, the config fields that change the arithmetic, the quantizer's byte budget
+    and the caller's `run_info` (e.g. method, seed, CR)."""
+    arr = np.ascontiguousarray(np.asarray(image, np.float32))
+    cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUMABLE_CHANGES}
+    fp = {"image": hashlib.blake2b(arr.tobytes(), digest_size=16).hexdigest(),
+          "size": list(arr.shape[:2]), "num_gaussians": int(num), "config": cfg,
+          "budget": getattr(quantizer, "budget", None), **(run_info or {})}
+    if isinstance(quantizer, FixedQuantizer):
+        fp["quant"] = quantizer.spec.record()
+    return json.loads(json.dumps(fp))
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k} ({x!r} there, {y!r} now)" if k != "image"
+                       else f"{prefix}image (another image)")
+    return out
+
+
+def _backend_for_resume(recorded: str | None, config: FitConfig, reporter) -> FitConfig:
+    """With backend "auto", a resumed run keeps the backend its checkpoints were written
+    with (same arithmetic) when that backend runs here."""
+    if config.backend != "auto" or recorded is None:
+        return config
+    here = resolve_backend("auto")
+    if recorded == here:
+        return config
+    from smartsplat_jax.render.pallas import triton_supported
+
+    if recorded == "xla" or (recorded == "pallas" and triton_supported()[0]):
+        reporter.message(f"backend: {recorded}, as the checkpoint was written with (auto "
+                         f"would pick {here} here)")
+        return dataclasses.replace(config, backend=recorded)
+    reporter.message(f"backend: {here}; the checkpoint was written with {recorded}, which "
+                     "cannot run here (the rest of the run is not bit-identical)")
+    return config
+
+
 def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
-        workdir: str | Path | None = None, resume: bool = False, progress: bool = True,
-        stream=None, log_seconds: float = 10.0) -> tuple[P.GaussianParams, dict]:
+        workdir: str | Path | None = None, resume: bool = True, run_info: dict | None = None,
+        progress: bool = True, stream=None, log_seconds: float = 10.0,
+        handle_signals: bool = True) -> tuple[P.GaussianParams, dict]:
     """Trains Gaussians on an image, quantization-aware in the last phase when asked.
 
     Quantization-aware phase (the last `config.qat_steps_used` steps, with a quantizer):
@@ -198,6 +362,10 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
     the rest of training (its schedule and grid are traced), with the optimizer state
     carried over.
 
+    Failures (see the module docstring): non-finite gradients are zeroed, non-finite chunks
+    are rolled back and retried at smaller steps, and only then `TrainingDiverged` is
+    raised, carrying the last good parameters.
+
     Args:
       image: [H, W, 3] float in [0, 1].
       params: initial raw parameters (N rows).
@@ -208,9 +376,14 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
         (it may change the colour grid only, or coarsen everything if nothing else fits), e.g.
         `codec.rate.BudgetQuantizer`.
       workdir: if given, checkpoints go to workdir/checkpoints.
-      resume: continue from the newest checkpoint in workdir/checkpoints, if any (a run
-        stopped inside the phase keeps its quantizer).
+      resume: True: continue from the newest readable checkpoint in workdir/checkpoints if
+        it belongs to this run (`run_fingerprint`; a run stopped inside the phase keeps its
+        quantizer), raise ValueError if it belongs to another; False: delete the workdir's
+        checkpoints and start from `params`.
+      run_info: JSON-ready facts that identify the run beyond the image and the config
+        (method, seed, CR...), part of the checkpoints' fingerprint.
       progress: report progress (a bar on a terminal, log lines elsewhere) on `stream`.
+      handle_signals: catch SIGINT/SIGTERM to checkpoint before stopping (main thread only).
 
     Returns:
       params: the trained raw parameters; with a quantizer, every attribute lies on the grid
@@ -222,12 +395,15 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
         "compile_seconds" (first-chunk overhead estimate), "resumed_from" (step or None),
         "qat_start" (step or None), "quant" (the final QuantSpec as a dict, or None),
         "quant_info" (the quantizer's info from plan and finish), "psnr_before_qat" (of the
-        float render when the quantizer was planned).
+        float render when the quantizer was planned), "rollbacks" (one dict per retried
+        chunk: step, reason, lr_scale), "nonfinite_grads" (one dict per chunk that zeroed
+        non-finite gradients: from, to, and the count per attribute), "backend".
 
     Raises:
-      TrainingDiverged: NaN/Inf in the loss or parameters; the message names the step, and
-        the last good checkpoint on disk is left as it was.
-      ValueError: bad config, parameters or image.
+      TrainingDiverged: NaN/Inf after `config.max_retries` retries; it carries the last good
+        parameters, and the checkpoints on disk are left as they were.
+      TrainingInterrupted: SIGINT/SIGTERM (after writing a checkpoint when there is a workdir).
+      ValueError: bad config, parameters or image; a workdir holding another run's checkpoints.
     """
     img = check_image(image)
     config.validate()
@@ -238,6 +414,8 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
         raise ValueError(f"quantizer={quantizer!r} must be a codec.QuantSpec, an object with "
                          "plan() and finish() (codec.rate.BudgetQuantizer), or None")
     h, w = int(img.shape[0]), int(img.shape[1])
+    reporter = Progress(config.steps, start=0, stream=stream, log_seconds=log_seconds,
+                        enabled=progress)
     opt_state = make_optimizer(config).init(params)
     qat = quantizer is not None and config.qat_steps_used > 0
     qat_start = config.steps - config.qat_steps_used if qat else config.steps
@@ -245,87 +423,173 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
     history = {"step": [], "loss": [], "train_psnr": [], "eval": [], "train_seconds": 0.0,
                "compile_seconds": 0.0, "resumed_from": None,
                "qat_start": qat_start if qat else None, "quant": None, "quant_info": None,
-               "psnr_before_qat": None}
+               "psnr_before_qat": None, "rollbacks": [], "nonfinite_grads": [],
+               "backend": None}
     step = 0
     ckpt_dir = Path(workdir) / "checkpoints" if workdir is not None else None
-    if resume and ckpt_dir is not None and (path := latest_checkpoint(ckpt_dir)) is not None:
-        (params, opt_state), record = load_checkpoint(path, (params, opt_state))
-        step = int(record["step"])
-        history = {**history, **record["history"]}
-        history["resumed_from"] = step
+    fingerprint = None
+    if ckpt_dir is not None:
+        fingerprint = run_fingerprint(img, params.num, config, quantizer, run_info)
+        if not resume:
+            if (gone := clear_checkpoints(ckpt_dir)):
+                reporter.message(f"starting over: deleted {gone} checkpoint(s) in {ckpt_dir}")
+        else:
+            def accept(record):
+                diff = _differences(record.get("fingerprint") or {}, fingerprint)
+                if diff:
+                    raise ValueError(
+                        f"{ckpt_dir} holds checkpoints of another run (differs in: "
+                        f"{', '.join(diff)}); use another workdir, or start over, which deletes "
+                        "them (resume=False; experiments.fit --noresume; smartsplat compress "
+                        "--restart)")
+                rec_hist = record.get("history") or {}
+                if rec_hist.get("quant") and rec_hist.get("qat_start") != history["qat_start"]:
+                    raise ValueError(
+                        f"{ckpt_dir}: the checkpoint is inside the quantization-aware phase "
+                        f"that started at step {rec_hist.get('qat_start')}; this config starts "
+                        f"it at {history['qat_start']}: resume with the same steps and "
+                        "qat_steps, or start over (resume=False; experiments.fit --noresume; "
+                        "smartsplat compress --restart)")
+
+            loaded = load_latest(ckpt_dir, (params, opt_state), accept=accept)
+            if loaded is not None:
+                (params, opt_state), record, path, skipped = loaded
+                for why in skipped:
+                    reporter.message(f"skipped an unreadable checkpoint: {why}")
+                step = int(record["step"])
+                history = {**history, **record["history"]}
+                history["resumed_from"] = step
+                config = _backend_for_resume(record.get("backend"), config, reporter)
+                reporter.message(f"resumed from step {step} ({path})")
+    history["backend"] = resolve_backend(config.backend)
     spec = QuantSpec.from_record(history["quant"]) if history["quant"] else None
     qgrid = grid(spec or QuantSpec())  # a placeholder until the phase starts
-    reporter = Progress(config.steps, start=step, stream=stream, log_seconds=log_seconds,
-                        enabled=progress)
+    reporter.start = step
     if step >= config.steps:
         return params, history
-    if history["resumed_from"] is not None:
-        reporter.message(f"resumed from step {step} ({path})")
     first = None  # (steps, seconds) of this session's first chunk, which includes compilation
     # The pallas rasterizer's pair list has a static length: size it from the actual pair
     # count before each chunk, in power-of-two buckets (a recompile only when the bucket
     # changes; a chunk that outgrows it stays correct through the xla fallback).
-    use_pallas = resolve_backend(config.backend) == "pallas"
+    use_pallas = history["backend"] == "pallas"
     session_steps, session_seconds = 0, 0.0
-    while step < config.steps:
-        length = _next_boundary(step, config, qat_start if qat else None) - step
-        if qat and step >= qat_start and spec is None:
-            # The phase starts (chunks end at qat_start): plan the quantizer on the Gaussians
-            # training has reached.
-            history["psnr_before_qat"] = metrics.psnr(
-                render(params, h, w, backend=config.backend), img)
-            spec, info = quantizer.plan(params)
-            qgrid = grid(spec.check())
-            history["quant"], history["quant_info"] = spec.record(), dict(info)
-            reporter.message(f"quantization-aware from step {qat_start} to {config.steps} "
-                             f"(planned at step {step}): {spec.describe()}")
-        t0 = time.perf_counter()
-        capacity = pair_capacity(params, h, w) if use_pallas else None
-        new_params, new_state, loss, mse, finite = _run_chunk(
-            params, opt_state, img, qgrid, jnp.asarray(step, jnp.int32),
-            jnp.asarray(length, jnp.int32), schedule, config=config, capacity=capacity, qat=qat)
-        loss = jax.device_get(loss)[:length]
-        mse = jax.device_get(mse)[:length]
-        elapsed = time.perf_counter() - t0
-        bad = [i for i, v in enumerate(loss) if not math.isfinite(float(v))]
-        if bad or not bool(finite):
-            where = step + (bad[0] + 1 if bad else length)
-            last = latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
-            kept = f"; the last good checkpoint is {last}" if last else ""
-            what = f"the loss became {float(loss[bad[0]])}" if bad else "a parameter became NaN/Inf"
-            raise TrainingDiverged(f"training stopped at step {where}: {what}{kept}. "
-                                   "Try lower learning rates or check the input image.")
-        params, opt_state = new_params, new_state
-        first = first or (length, elapsed)
-        session_steps += length
-        session_seconds += elapsed
-        history["train_seconds"] += elapsed
-        step += length
-        if step == config.steps and spec is not None:
-            # The colours' grid, for the exact budget, and every attribute on the file's grid.
-            spec, info = quantizer.finish(params, spec)
-            params = _snap_all(params, grid(spec.check()), h, w)
-            history["quant"] = spec.record()
-            history["quant_info"] = {**(history["quant_info"] or {}), **dict(info)}
-        history["step"].append(step)
-        history["loss"].append(float(loss.mean()))
-        history["train_psnr"].append(_psnr_from_mse(float(mse[-1])))
-        extra = ""
-        if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
-            rendered = render(params, h, w, backend=config.backend)
-            ev = {"step": step, "psnr": metrics.psnr(rendered, img),
-                  "ssim": metrics.ssim(rendered, img)}
-            history["eval"].append(ev)
-            extra = f"| eval psnr {ev['psnr']:.2f} ssim {ev['ssim']:.4f}"
-        if ckpt_dir is not None and ((config.checkpoint_every and step % config.checkpoint_every == 0)
-                                     or step == config.steps):
-            save_checkpoint(ckpt_dir, step, (params, opt_state), {"history": history})
-        reporter.update(step, history["loss"][-1], history["train_psnr"][-1], extra)
+    retries, lr_scale = 0, 1.0
+
+    def checkpoint(at_step):
+        return save_checkpoint(ckpt_dir, at_step, (params, opt_state),
+                               {"history": history, "fingerprint": fingerprint,
+                                "backend": history["backend"]})
+
+    stops = _StopRequests() if handle_signals else None
+    with (stops or _NoSignals()):
+        while step < config.steps:
+            length = _next_boundary(step, config, qat_start if qat else None) - step
+            if qat and step >= qat_start and spec is None:
+                # The phase starts (chunks end at qat_start): plan the quantizer on the
+                # Gaussians training has reached.
+                history["psnr_before_qat"] = metrics.psnr(
+                    render(params, h, w, backend=config.backend), img)
+                spec, info = quantizer.plan(params)
+                qgrid = grid(spec.check())
+                history["quant"], history["quant_info"] = spec.record(), dict(info)
+                reporter.message(f"quantization-aware from step {qat_start} to {config.steps} "
+                                 f"(planned at step {step}): {spec.describe()}")
+            t0 = time.perf_counter()
+            capacity = pair_capacity(params, h, w) if use_pallas else None
+            new_params, new_state, loss, mse, finite, bad_grads = _run_chunk(
+                params, opt_state, img, qgrid, jnp.asarray(step, jnp.int32),
+                jnp.asarray(length, jnp.int32), schedule, jnp.asarray(lr_scale, jnp.float32),
+                config=config, capacity=capacity, qat=qat)
+            loss = jax.device_get(loss)[:length]
+            mse = jax.device_get(mse)[:length]
+            bad_grads = [int(x) for x in jax.device_get(bad_grads)]
+            elapsed = time.perf_counter() - t0
+            bad = [i for i, v in enumerate(loss) if not math.isfinite(float(v))]
+            if bad or not bool(finite):
+                where = step + (bad[0] + 1 if bad else length)
+                what = (f"the loss became {float(loss[bad[0]])}" if bad
+                        else "a parameter became NaN/Inf")
+                grads = _describe_counts(bad_grads)
+                if grads:
+                    what += f" (non-finite gradients zeroed: {grads})"
+                if retries < config.max_retries:
+                    retries += 1
+                    lr_scale *= config.retry_lr_factor
+                    history["rollbacks"].append({"step": where, "from": step, "reason": what,
+                                                 "lr_scale": lr_scale})
+                    reporter.message(f"step {where}: {what}; rolled back to step {step}, "
+                                     f"retrying with learning rates x{lr_scale:g} "
+                                     f"(retry {retries} of {config.max_retries})")
+                    continue
+                last = latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
+                kept = f"; the last good checkpoint is {last}" if last else ""
+                raise TrainingDiverged(
+                    f"training stopped at step {where}: {what}, after {retries} retries from "
+                    f"step {step} at smaller learning rates (down to x{lr_scale:g}){kept}. "
+                    "Try lower learning rates or check the input image.",
+                    step=where, good_step=step, params=params, history=history)
+            if retries:
+                reporter.message(f"steps {step}-{step + length} passed at learning rates "
+                                 f"x{lr_scale:g}; back to x1")
+            retries, lr_scale = 0, 1.0
+            if any(bad_grads):
+                history["nonfinite_grads"].append(
+                    {"from": step, "to": step + length, **dict(zip(_GROUP_NAMES, bad_grads))})
+                reporter.message(f"steps {step}-{step + length}: non-finite gradients zeroed "
+                                 f"for {_describe_counts(bad_grads)} (Gaussian-steps)")
+            params, opt_state = new_params, new_state
+            first = first or (length, elapsed)
+            session_steps += length
+            session_seconds += elapsed
+            history["train_seconds"] += elapsed
+            step += length
+            if step == config.steps and spec is not None:
+                # The colours' grid, for the exact budget, and every attribute on the file's grid.
+                spec, info = quantizer.finish(params, spec)
+                params = _snap_all(params, grid(spec.check()), h, w)
+                history["quant"] = spec.record()
+                history["quant_info"] = {**(history["quant_info"] or {}), **dict(info)}
+            history["step"].append(step)
+            history["loss"].append(float(loss.mean()))
+            history["train_psnr"].append(_psnr_from_mse(float(mse[-1])))
+            extra = ""
+            if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
+                rendered = render(params, h, w, backend=config.backend)
+                ev = {"step": step, "psnr": metrics.psnr(rendered, img),
+                      "ssim": metrics.ssim(rendered, img)}
+                history["eval"].append(ev)
+                extra = f"| eval psnr {ev['psnr']:.2f} ssim {ev['ssim']:.4f}"
+            saved = None
+            if ckpt_dir is not None and ((config.checkpoint_every
+                                          and step % config.checkpoint_every == 0)
+                                         or step == config.steps):
+                saved = checkpoint(step)
+            reporter.update(step, history["loss"][-1], history["train_psnr"][-1], extra)
+            if stops is not None and stops.signum is not None and step < config.steps:
+                if ckpt_dir is not None and saved is None:
+                    saved = checkpoint(step)
+                name = signal.Signals(stops.signum).name
+                where = (f"checkpoint {saved}; rerun the same command to resume" if saved
+                         else "no checkpoint (no workdir)")
+                raise TrainingInterrupted(f"{name} at step {step}: {where}", step=step,
+                                          checkpoint=saved, signum=stops.signum)
     if first is not None and session_steps > first[0]:
         # The first chunk's time beyond what the later chunks' rate predicts for it.
         per_step = (session_seconds - first[1]) / (session_steps - first[0])
         history["compile_seconds"] = max(0.0, first[1] - per_step * first[0])
     return params, history
+
+
+class _NoSignals:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _describe_counts(counts) -> str:
+    return ", ".join(f"{name} {c}" for name, c in zip(_GROUP_NAMES, counts) if c)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
