@@ -49,7 +49,7 @@ _QUALITIES = (2, 5, 10, 20, 30, 45, 60, 75, 90)
 COLUMNS = ("image", "size", "cr", "steps", "num_gaussians", "file_bytes", "budget_used",
            "bytes_per_gaussian", "psnr_float", "psnr_float_ref", "psnr", "drop", "ssim",
            "ms_ssim", "jpeg_psnr", "webp_psnr", "avif_psnr", "encode_s", "decode_s",
-           "train_s")
+           "train_s", "rollbacks", "nonfinite_grad_chunks")
 
 
 def _working_image(path: str, out: Path) -> str:
@@ -104,7 +104,9 @@ def run_cell(image_path: str, cr: float, out: Path) -> dict:
            "bytes_per_gaussian": m["bytes_per_gaussian"], "psnr_float": m["psnr_float"],
            "psnr": m["psnr"], "drop": m["psnr_float"] - m["psnr"], "ssim": m["ssim"],
            "ms_ssim": m["ms_ssim"], "encode_s": m["encode_seconds"], "decode_s": decode_s,
-           "train_s": m["train_seconds"], "device": m["device"], "quant": m["quant"]}
+           "train_s": m["train_seconds"], "device": m["device"], "quant": m["quant"],
+           "rollbacks": m.get("rollbacks"),
+           "nonfinite_grad_chunks": m.get("nonfinite_grad_chunks")}
     if _FLOAT_REF.value:
         from smartsplat_jax.train import config_for_method, fit, initialize
 

@@ -435,7 +435,14 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                 reporter.message(f"starting over: deleted {gone} checkpoint(s) in {ckpt_dir}")
         else:
             def accept(record):
-                diff = _differences(record.get("fingerprint") or {}, fingerprint)
+                if "fingerprint" not in record:
+                    raise ValueError(
+                        f"{ckpt_dir} holds checkpoints without a run fingerprint (written by "
+                        "smartsplat-jax before checkpoints recorded which run they belong "
+                        "to); use another workdir, or start over, which deletes them "
+                        "(resume=False; experiments.fit --noresume; smartsplat compress "
+                        "--restart)")
+                diff = _differences(record["fingerprint"] or {}, fingerprint)
                 if diff:
                     raise ValueError(
                         f"{ckpt_dir} holds checkpoints of another run (differs in: "
