@@ -68,6 +68,7 @@ def test_bench_codec_writes_rows_and_plots(tmp_path):
     assert again.returncode == 0 and "skip (done)" in again.stdout
 
 
+@pytest.mark.slow  # ~25 s: a launcher subprocess timing three chunk programs
 def test_bench_qat_writes_rows(tmp_path):
     out = _run(["experiments.bench_qat", "--sizes=40x24@10", "--chunk=3", "--repeats=1",
                 "--backend=xla", f"--out={tmp_path / 'q.json'}"])

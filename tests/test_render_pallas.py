@@ -45,7 +45,9 @@ def _tile_pair_counts(p, h, w, tile=PL.DEFAULT_TILE):
     return np.diff(np.asarray(b.bounds))
 
 
-@pytest.mark.parametrize("h,w", [(1, 17), (21, 37), (45, 29), (40, 70)])
+@pytest.mark.parametrize("h,w", [
+    pytest.param(1, 17, marks=pytest.mark.slow), (21, 37),  # ~10-25 s each, interpreted
+    pytest.param(45, 29, marks=pytest.mark.slow), (40, 70)])
 def test_forward_and_gradients_equal_xla(h, w):
     # Random scenes with every awkward case: Gaussians outside the image, a huge one over every
     # tile, a singular one, 300 piled in one tile (> 256 pairs there), odd image sizes.
@@ -158,6 +160,7 @@ def test_overflow_falls_back_to_xla_and_exact_capacity_uses_kernels():
     assert float(jnp.max(jnp.abs(big - ref))) <= 1e-5
 
 
+@pytest.mark.slow  # ~20 s interpreted
 def test_public_render_pallas_is_deterministic_and_jittable():
     h, w = 26, 35
     p = scene(2, 120, h, w)

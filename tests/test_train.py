@@ -79,6 +79,7 @@ def test_short_fit_beats_init(small_photo):
     np.testing.assert_array_equal(p1.opacity, p0.opacity)
 
 
+@pytest.mark.slow  # ~20 s; test_train_robust's truncated-checkpoint test resumes bitwise too
 def test_resume_equals_uninterrupted(small_photo, tmp_path):
     _, img = small_photo
     h, w = img.shape[:2]
