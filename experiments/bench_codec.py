@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -174,7 +173,7 @@ def _fmt(v) -> str:
 
 
 def write_reports(out: Path, rows: list[dict]) -> None:
-    from smartsplat_jax.io import atomic_write_bytes
+    from smartsplat_jax.io import atomic_write_bytes, json_bytes
 
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
@@ -189,8 +188,7 @@ def write_reports(out: Path, rows: list[dict]) -> None:
         means.append(m)
         lines.append("| " + " | ".join(_fmt(m.get(c)) for c in COLUMNS) + " |")
     atomic_write_bytes(out / "results.md", ("\n".join(lines) + "\n").encode())
-    atomic_write_bytes(out / "results.json",
-                       json.dumps({"cells": rows, "means": means}, indent=2).encode())
+    atomic_write_bytes(out / "results.json", json_bytes({"cells": rows, "means": means}))
     print("\n".join(lines), flush=True)
 
 

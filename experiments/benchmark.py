@@ -27,7 +27,7 @@ from absl import app, flags
 from experiments.common import gaussians_value, launcher_inputs
 
 from smartsplat_jax import ImageError
-from smartsplat_jax.io import atomic_write_bytes
+from smartsplat_jax.io import atomic_write_bytes, json_bytes
 from smartsplat_jax.pipeline import run_fit
 from smartsplat_jax.train import METHODS, TrainingDiverged
 
@@ -86,8 +86,7 @@ def write_reports(out: Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows + means)
     atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
-    atomic_write_bytes(out / "results.json", json.dumps({"cells": rows, "means": means},
-                                                        indent=2).encode())
+    atomic_write_bytes(out / "results.json", json_bytes({"cells": rows, "means": means}))
     print("\n".join(lines))
 
 

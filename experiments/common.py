@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
 import sys
 from pathlib import Path
 
-from smartsplat_jax.io import atomic_write_bytes
+from smartsplat_jax.io import atomic_write_bytes, json_bytes
 
 
 def write_json(path: str, rows) -> None:
@@ -16,7 +15,7 @@ def write_json(path: str, rows) -> None:
     if not path:
         return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    atomic_write_bytes(path, json.dumps(rows, indent=2).encode())
+    atomic_write_bytes(path, json_bytes(rows))
     print(f"\nwrote {path}")
 
 

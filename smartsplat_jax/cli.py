@@ -4,9 +4,11 @@
   smartsplat decompress photo.ssplat out.png [--width=W] [--height=H] [--scale=F]
   smartsplat info photo.ssplat
 
-Also `python -m smartsplat_jax ...`. Errors print one line on stderr and exit with status 1
-(2 for bad command-line usage); outputs are written atomically, so a failed run leaves no
-partial file.
+Also `python -m smartsplat_jax ...`. Errors, bad command-line usage included, print one line
+on stderr and exit with status 1; an interrupted `compress` (Ctrl-C, SIGTERM) exits with 128 +
+the signal after checkpointing. Outputs are checked before any work (never the input file,
+never a folder, a writable folder, a known image extension) and written atomically, so a
+failed run leaves no partial file.
 """
 
 from __future__ import annotations
@@ -20,12 +22,22 @@ import time
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's exit convention: every error, usage errors included,
+    prints one line (after the usage) and exits with status 1."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from smartsplat_jax.train.config import METHODS
 
-    p = argparse.ArgumentParser(prog="smartsplat", description=(
+    p = _Parser(prog="smartsplat", description=(
         "Compress images into 2D Gaussians (SmartSplat) and decode them at any size."))
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=_Parser)
     c = sub.add_parser("compress", help="image file -> .ssplat file")
     c.add_argument("input", help="image (PNG, JPEG, WebP, TIFF; 8/16-bit; grey, RGB, RGBA)")
     c.add_argument("output", help="the .ssplat file to write")
@@ -51,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no progress output")
     d = sub.add_parser("decompress", help=".ssplat file -> image file (PNG, TIFF, ...)")
     d.add_argument("input", help="the .ssplat file")
-    d.add_argument("output", help="image to write; the extension picks the format")
+    d.add_argument("output", help="image to write; the extension picks the format: .png or "
+                                  ".tif/.tiff (8 or 16 bits, lossless), .webp (lossless), "
+                                  ".jpg/.jpeg (quality 95)")
     d.add_argument("--width", type=int, default=None,
                    help="output width in px (keeps the aspect ratio unless --height is given)")
     d.add_argument("--height", type=int, default=None,
@@ -84,12 +98,22 @@ def _read(path: str) -> bytes:
         raise OSError(f"cannot read {path}: {e.strerror or e}") from None
 
 
-def _check_output(path: str, force: bool) -> None:
-    if os.path.exists(path) and not force:
-        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+def _check_output(path: str, force: bool, source: str) -> None:
+    """Checks OUTPUT before any work: not the input (by inode, whatever the name), not a
+    folder, in an existing writable folder, absent unless --force."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder; give a file name to write")
+    if os.path.exists(path):
+        if os.path.exists(source) and os.path.samefile(path, source):
+            raise ValueError(f"{path} is the input file {source}; refusing to overwrite the "
+                             "input (even with --force): choose another output name")
+        if not force:
+            raise FileExistsError(f"{path} exists; pass --force to overwrite it")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {path}: folder {parent} is not writable")
 
 
 def _checkpoint_dir(output: str) -> str:
@@ -104,7 +128,7 @@ def _compress(args) -> int:
     from smartsplat_jax import io as sio
     from smartsplat_jax.pipeline import compress_image
 
-    _check_output(args.output, args.force)
+    _check_output(args.output, args.force, args.input)
     ckpt = _checkpoint_dir(args.output)
     data, r = compress_image(args.input, cr=args.cr, method=args.method, steps=args.steps,
                              qat_steps=args.qat_steps, backend=args.backend, seed=args.seed,
@@ -133,7 +157,8 @@ def _decompress(args) -> int:
     from smartsplat_jax import io as sio
     from smartsplat_jax.pipeline import decompress
 
-    _check_output(args.output, args.force)
+    _check_output(args.output, args.force, args.input)
+    sio.output_format(args.output, args.bit_depth)  # an unknown extension fails before the work
     t0 = time.perf_counter()
     image = decompress(_read(args.input), width=args.width, height=args.height,
                        scale=args.scale, backend=args.backend)
@@ -162,7 +187,8 @@ def _info(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the command line; returns the exit status (0 ok, 1 error, 2 usage)."""
+    """Runs the command line; returns the exit status (0 ok, 1 error, 128 + signal when
+    interrupted); bad usage raises SystemExit(1) after printing one line."""
     args = _parser().parse_args(argv)
     from smartsplat_jax.codec import CodecError
     from smartsplat_jax.io import ImageError

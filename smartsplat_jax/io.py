@@ -22,6 +22,8 @@ Reading rules:
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import struct
 import tempfile
@@ -39,7 +41,10 @@ __all__ = [
     "ImageError",
     "load_image",
     "save_image",
+    "output_format",
+    "OUTPUT_FORMATS",
     "atomic_write_bytes",
+    "json_bytes",
 ]
 
 DEFAULT_MAX_PIXELS = 400_000_000
@@ -304,15 +309,43 @@ def _check_target(path: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{path}: file exists; pass overwrite=True to replace it")
 
 
+# Output formats of `save_image`, by extension: (format, bit depths it can hold).
+OUTPUT_FORMATS = {".png": ("PNG", (8, 16)), ".tif": ("TIFF", (8, 16)), ".tiff": ("TIFF", (8, 16)),
+                  ".jpg": ("JPEG", (8,)), ".jpeg": ("JPEG", (8,)), ".webp": ("WebP", (8,))}
+
+
+def output_format(path: str | os.PathLike, bit_depth: int = 8) -> str:
+    """The format `save_image` writes for `path` ("PNG", "TIFF", "JPEG" or "WebP"), from its
+    extension (case-insensitive).
+
+    Raises:
+      ValueError: an extension that is not one of OUTPUT_FORMATS, or a bit depth the format
+        cannot hold (16-bit: PNG and TIFF only).
+    """
+    ext = Path(path).suffix.lower()
+    if ext not in OUTPUT_FORMATS:
+        what = f"the extension {ext!r}" if ext else "a name without an extension"
+        raise ValueError(f"{path}: cannot tell the image format from {what}; use one of "
+                         f"{', '.join(OUTPUT_FORMATS)}")
+    fmt, depths = OUTPUT_FORMATS[ext]
+    if bit_depth not in depths:
+        raise ValueError(f"{path}: {fmt} holds {' or '.join(map(str, depths))}-bit images, not "
+                         f"bit_depth={bit_depth!r}; use .png or .tif for 16 bits")
+    return fmt
+
+
 def save_image(path: str | os.PathLike, image, *, bit_depth: int = 8,
                overwrite: bool = False) -> Path:
-    """Writes an image as PNG, atomically (temporary file + rename).
+    """Writes an image in the format its extension names, atomically (temporary file + rename).
+
+    PNG and TIFF are lossless at 8 or 16 bits (TIFF with deflate); WebP is written lossless;
+    JPEG at quality 95 with 4:4:4 chroma (lossy: JPEG cannot store the decoded image exactly).
 
     Args:
-      path: the output file; its folder must exist.
+      path: the output file (.png, .tif/.tiff, .jpg/.jpeg, .webp); its folder must exist.
       image: [H, W, 3] (or [H, W] grey) array, float in [0, 1] (values outside are clipped;
         rounded to the nearest 8- or 16-bit level). Accepts numpy or jax arrays.
-      bit_depth: 8 or 16.
+      bit_depth: 8 or 16 (PNG and TIFF).
       overwrite: replace an existing file. False by default, so that no input file (or any
         other file) is ever replaced by accident.
 
@@ -320,12 +353,14 @@ def save_image(path: str | os.PathLike, image, *, bit_depth: int = 8,
       The path written.
 
     Raises:
-      ValueError: wrong shape, non-finite values, or bit_depth not 8 or 16.
+      ValueError: wrong shape, non-finite values, an unknown extension, or a bit depth the
+        format cannot hold.
       FileExistsError: the file exists and overwrite is False.
     """
     path = Path(path)
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth={bit_depth!r} is not supported; use 8 or 16")
+    fmt = output_format(path, bit_depth)
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
@@ -338,16 +373,39 @@ def save_image(path: str | os.PathLike, image, *, bit_depth: int = 8,
     _check_target(path, overwrite)
     levels = 255.0 if bit_depth == 8 else 65535.0
     quant = np.rint(np.clip(arr, 0.0, 1.0) * levels)
-    if bit_depth == 8:
+    import imagecodecs
+
+    if bit_depth == 16:
+        q16 = quant.astype(np.uint16)
+        data = (imagecodecs.png_encode(q16) if fmt == "PNG"
+                else imagecodecs.tiff_encode(q16, compression="deflate"))
+    elif fmt == "TIFF":
+        data = imagecodecs.tiff_encode(quant.astype(np.uint8), compression="deflate")
+    else:
         import io as _io
 
         buf = _io.BytesIO()
-        Image.fromarray(quant.astype(np.uint8)).save(buf, format="PNG")
+        options = {"JPEG": {"quality": 95, "subsampling": 0}, "WebP": {"lossless": True},
+                   "PNG": {}}[fmt]
+        Image.fromarray(quant.astype(np.uint8)).save(buf, format=fmt.upper(), **options)
         data = buf.getvalue()
-    else:
-        import imagecodecs
-
-        data = bytes(imagecodecs.png_encode(quant.astype(np.uint16)))
-    atomic_write_bytes(path, data, overwrite=overwrite)
+    atomic_write_bytes(path, bytes(data), overwrite=overwrite)
     return path
 
+
+def _json_ready(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _json_ready(obj.item())
+    return obj
+
+
+def json_bytes(obj, indent: int | None = 2) -> bytes:
+    """Strict JSON (RFC 8259) of `obj` as UTF-8 bytes: non-finite floats (the PSNR of an exact
+    reconstruction is +inf) become null, numpy scalars become numbers, tuples lists."""
+    return json.dumps(_json_ready(obj), indent=indent, allow_nan=False).encode()

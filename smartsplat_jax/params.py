@@ -150,6 +150,23 @@ def cr_range(height: int, width: int) -> tuple[float, float]:
     return raw / (BYTES_PER_GAUSSIAN * height * width), raw / BYTES_PER_GAUSSIAN
 
 
+def _valid_cr_text(height: int, width: int) -> str:
+    """The valid CRs of an image as text whose printed bounds are themselves valid: decimals
+    rounded inwards (a 1-pixel image has the single valid CR 3/7)."""
+    from decimal import Decimal
+
+    lo, hi = Fraction(3, BYTES_PER_GAUSSIAN), Fraction(3 * height * width, BYTES_PER_GAUSSIAN)
+    if lo == hi:
+        return f"cr must be 3/7 = {float(lo)!r} (one Gaussian) for a 1-pixel image"
+    for places in range(4, 21):
+        scale = 10 ** places
+        lo_d, hi_d = math.ceil(lo * scale), math.floor(hi * scale)
+        if lo_d <= hi_d:
+            return (f"cr must be in [{Decimal(lo_d).scaleb(-places)}, "
+                    f"{Decimal(hi_d).scaleb(-places)}]")
+    return f"cr must be in [{float(lo)!r}, {float(hi)!r}]"
+
+
 def num_gaussians(height: int, width: int, cr: float) -> int:
     """Number of Gaussians for a target compression ratio: floor(3HW / (7 CR)) (SPEC §1).
 
@@ -161,20 +178,20 @@ def num_gaussians(height: int, width: int, cr: float) -> int:
       ValueError: non-finite or non-positive CR, or one outside the image's valid range.
     """
     height, width = _check_size(height, width)
-    lo, hi = cr_range(height, width)
+    valid = _valid_cr_text(height, width)
     try:
         crf = float(cr)
     except (TypeError, ValueError):
-        raise ValueError(f"cr={cr!r} is not a number; expected a compression ratio in "
-                         f"[{lo:.4g}, {hi:.6g}] for a {height}x{width} image") from None
+        raise ValueError(f"cr={cr!r} is not a number; for a {height}x{width} image "
+                         f"{valid}") from None
     if not math.isfinite(crf) or crf <= 0:
         raise ValueError(f"cr={cr!r} must be a finite positive number; for a {height}x{width} "
-                         f"image the valid range is [{lo:.4g}, {hi:.6g}]")
+                         f"image {valid}")
     # Exact rational arithmetic: floor(3HW / (7 CR)) with CR's exact binary value.
     num = math.floor(Fraction(3 * height * width) / (BYTES_PER_GAUSSIAN * Fraction(crf)))
     if num < 1 or num > height * width:
         raise ValueError(
             f"cr={crf:g} gives N={num} Gaussians for a {height}x{width} image (H={height}, "
-            f"W={width}); N must be in [1, H*W], so cr must be in [{lo:.4g}, {hi:.6g}]"
+            f"W={width}); N must be in [1, H*W], so {valid}"
         )
     return num

@@ -12,7 +12,9 @@ with the rate control of `codec.rate.BudgetQuantizer`), encodes the file and wri
   params.npz       the trained raw parameters (+ height, width): after quantization-aware
                    training they lie on the file's grid, so they render as the file does
   metrics.json     psnr, ssim, ms_ssim, num_gaussians, steps, train_seconds, height, width,
-                   cr, method, backend, device, jax_version, and more (see `run_fit`)
+                   cr, method, backend, device, jax_version, and more (see `run_fit`);
+                   strict JSON: an infinite PSNR (an exact reconstruction, "lossless": true)
+                   is null
   curve.png        training loss and PSNR against the step
   init_*.png       the initialization: weights, points, render (with its PSNR)
   checkpoints/     training checkpoints (resume with resume=True)
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import os
 import time
 from pathlib import Path
@@ -268,6 +269,9 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
         "gaussians": gaussians, "num_gaussians": n, "steps": config.steps, "seed": seed,
         "psnr": metrics.psnr(rendered, image), "ssim": metrics.ssim(rendered, image),
         "ms_ssim": ms, "ms_ssim_note": ms_note, **info, "init_psnr": init_psnr,
+        # metrics.json is strict JSON: an infinite PSNR (exact reconstruction) is written as
+        # null, and this flag says so.
+        "lossless": bool(np.array_equal(rendered, image)),
         "init_seconds": init_seconds, "train_seconds": history["train_seconds"],
         "compile_seconds": history["compile_seconds"],
         # Steady-state rate (compilation excluded); None after a resume, whose timing is split.
@@ -290,8 +294,8 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
     buf = io.BytesIO()
     _curve(history).save(buf, format="PNG")
     sio.atomic_write_bytes(out / "curve.png", buf.getvalue())
-    sio.atomic_write_bytes(out / "history.json", json.dumps(history, indent=1).encode())
-    sio.atomic_write_bytes(out / "metrics.json", json.dumps(result, indent=2).encode())
+    sio.atomic_write_bytes(out / "history.json", sio.json_bytes(history, indent=1))
+    sio.atomic_write_bytes(out / "metrics.json", sio.json_bytes(result))
     if diverged is not None:
         raise TrainingDiverged(
             f"{diverged}\nThe parameters of step {diverged.good_step} (the last finite ones) "

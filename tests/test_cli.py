@@ -95,6 +95,14 @@ def test_errors_are_one_line_and_leave_no_file(compressed, tmp_path, capsys):
          "no such file"),
         (["compress", str(src), str(tmp_path / "y.ssplat"), "--cr=10", "--steps=0"], "steps=0"),
         (["info", str(src)], "not a .ssplat file"),
+        # Outputs are checked before the work: never the input, never a folder, known formats.
+        (["compress", str(src), str(src), "--cr=10", "--force"], "is the input file"),
+        (["decompress", str(out), str(out), "--force"], "is the input file"),
+        (["decompress", str(out), str(tmp_path / "x.bmp")], "cannot tell the image format"),
+        (["decompress", str(out), str(tmp_path / "x.jpg"), "--bit-depth=16"], "JPEG holds 8"),
+        (["decompress", str(out), str(tmp_path), "--force"], "is a folder"),
+        (["compress", str(src), str(tmp_path / "y.ssplat"), "--cr=10", "--qat-steps=-3"],
+         "qat_steps=-3"),
     ]
     for argv, needle in cases:
         assert main(argv) == 1, argv
@@ -111,4 +119,18 @@ def test_module_entry_point_and_usage_errors(compressed):
     assert ok.returncode == 0 and "Gaussians" in ok.stdout, ok.stderr
     bad = subprocess.run([sys.executable, "-m", "smartsplat_jax", "compress", "a.png"], cwd=ROOT,
                          capture_output=True, text=True, env=env, timeout=300)
-    assert bad.returncode == 2 and "required" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 1 and "required" in bad.stderr and "Traceback" not in bad.stderr
+    with pytest.raises(SystemExit) as exit_:
+        main(["compress", "a.png", "b.ssplat", "--cr=abc"])
+    assert exit_.value.code == 1  # one convention: every error exits 1
+
+
+@pytest.mark.parametrize("name,magic", [("d.jpg", b"\xff\xd8\xff"), ("d.tif", b"II*\x00"),
+                                        ("d.webp", b"RIFF"), ("d.png", b"\x89PNG")])
+def test_decompress_writes_the_format_its_extension_names(compressed, tmp_path, name, magic):
+    src, out, img = compressed
+    dst = tmp_path / name
+    assert main(["decompress", str(out), str(dst)]) == 0
+    assert dst.read_bytes().startswith(magic)
+    back = load_image(dst)
+    assert back.shape == img.shape and metrics.psnr(back, img) > 15

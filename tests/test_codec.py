@@ -2,7 +2,6 @@
 damaged and crafted files, fuzzing."""
 
 import dataclasses
-import math
 import sys
 import tracemalloc
 import zlib

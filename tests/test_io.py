@@ -284,3 +284,14 @@ def test_atomic_write_gives_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
+
+
+def test_json_bytes_is_strict_json():
+    import json
+
+    from smartsplat_jax.io import json_bytes
+
+    obj = {"psnr": float("inf"), "nan": float("nan"), "ok": 1.5, "np": np.float32(2.0),
+           "rows": ({"x": -float("inf")}, [np.int64(3)])}
+    back = json.loads(json_bytes(obj), parse_constant=lambda c: pytest.fail(c))
+    assert back == {"psnr": None, "nan": None, "ok": 1.5, "np": 2.0, "rows": [{"x": None}, [3]]}

@@ -83,7 +83,7 @@ def test_num_gaussians_matches_integer_formula():
 
 @pytest.mark.parametrize("cr", [0, -5, float("nan"), float("inf"), "abc", None])
 def test_num_gaussians_rejects_bad_cr(cr):
-    with pytest.raises(ValueError, match=r"cr=.*valid range is|cr=.*not a number") as e:
+    with pytest.raises(ValueError, match=r"cr=.*must be a finite positive number.*cr must be in|cr=.*not a number.*cr must be in") as e:
         P.num_gaussians(100, 200, cr)
     assert "100x200" in str(e.value)
 
@@ -91,7 +91,7 @@ def test_num_gaussians_rejects_bad_cr(cr):
 def test_num_gaussians_out_of_range_gives_range():
     lo, hi = P.cr_range(100, 200)
     assert lo == pytest.approx(3 / 7) and hi == pytest.approx(3 * 100 * 200 / 7)
-    with pytest.raises(ValueError, match=r"N=0 .*cr must be in \[0.4286, 8571.43\]"):
+    with pytest.raises(ValueError, match=r"N=0 .*cr must be in \[0.4286, 8571.4285\]"):
         P.num_gaussians(100, 200, 10000)
     with pytest.raises(ValueError, match=r"N=28571 .*H\*W"):
         P.num_gaussians(100, 200, 0.3)
@@ -102,3 +102,19 @@ def test_num_gaussians_out_of_range_gives_range():
 def test_num_gaussians_rejects_bad_size(h, w):
     with pytest.raises(ValueError, match="must be a positive integer"):
         P.num_gaussians(h, w, 10)
+
+
+@pytest.mark.parametrize("h,w", [(1, 2), (7, 1), (3, 5), (100, 200), (512, 768)])
+def test_the_suggested_cr_bounds_are_themselves_valid(h, w):
+    import re
+
+    with pytest.raises(ValueError) as err:
+        P.num_gaussians(h, w, 1e12)
+    lo, hi = re.search(r"cr must be in \[([^,]+), ([^\]]+)\]", str(err.value)).groups()
+    assert P.num_gaussians(h, w, float(lo)) <= h * w and P.num_gaussians(h, w, float(hi)) == 1
+
+
+def test_a_one_pixel_image_names_its_single_valid_cr():
+    with pytest.raises(ValueError, match=r"cr must be 3/7 = 0.42857142857142855"):
+        P.num_gaussians(1, 1, 0.4286)
+    assert P.num_gaussians(1, 1, 0.42857142857142855) == 1

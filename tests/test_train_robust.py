@@ -184,6 +184,19 @@ def test_checkpoints_of_another_run_are_refused_or_cleared(photo, tmp_path):
     assert hist["resumed_from"] == 10
 
 
+def test_checkpoints_without_a_fingerprint_are_refused_with_their_own_message(photo, tmp_path):
+    from smartsplat_jax.train.checkpoint import save_checkpoint
+    from smartsplat_jax.train.optim import make_optimizer
+
+    _, img, n = photo
+    p0, _ = initialize("smartsplat", jax.random.PRNGKey(0), img, n)
+    cfg = _cfg(steps=20)
+    save_checkpoint(tmp_path / "checkpoints", 10, (p0, make_optimizer(cfg).init(p0)),
+                    {"history": {}})  # the layout of older releases
+    with pytest.raises(ValueError, match="without a run fingerprint.*--noresume"):
+        fit(img, p0, cfg, workdir=tmp_path, progress=False)
+
+
 def test_a_truncated_newest_checkpoint_falls_back_to_the_previous(photo, tmp_path, capsys):
     _, img, n = photo
     p0, _ = initialize("smartsplat", jax.random.PRNGKey(0), img, n)
@@ -219,6 +232,20 @@ def test_scales_stay_at_or_above_the_floor(photo):
     np.testing.assert_array_equal(np.sign(params.scales[:5, 0]), [1, 1, -1, 1, -1])
 
 
+def test_a_constant_image_gives_strict_json(tmp_path):
+    path = tmp_path / "white.png"
+    save_image(path, np.ones((24, 32, 3), np.float32))
+    m = run_fit(path, tmp_path / "w", cr=4, steps=10, visualize=False, progress=False,
+                chunk_steps=10, eval_every=0, backend="xla")
+    strict = lambda name: json.loads((tmp_path / "w" / name).read_text(),  # noqa: E731
+                                     parse_constant=lambda c: pytest.fail(f"{name}: {c}"))
+    written = strict("metrics.json")
+    strict("history.json")
+    assert written["lossless"] == m["lossless"]
+    if m["lossless"]:  # the white image is covered: every pixel clamps to exactly 1
+        assert written["psnr"] is None and m["psnr"] == float("inf")
+
+
 # ------------------------------------------------------------------- signals (subprocesses)
 
 def _env():
@@ -244,11 +271,11 @@ def _commands(photo, tmp_path, tool):
     if tool == "compress":
         out = tmp_path / "x.ssplat"
         cmd = [sys.executable, "-m", "smartsplat_jax", "compress", str(path), str(out),
-               "--cr=20", "--steps=300", "--checkpoint-every=20", "--backend=xla"]
+               "--cr=20", "--steps=150", "--checkpoint-every=20", "--backend=xla"]
         return cmd, out, tmp_path / ".x.ssplat.checkpoints" / "checkpoints"
     work = tmp_path / "w"
     cmd = [sys.executable, "-m", "experiments.fit", f"--image={path}", "--cr=20",
-           "--steps=300", f"--workdir={work}", "--config.chunk_steps=10",
+           "--steps=150", f"--workdir={work}", "--config.chunk_steps=10",
            "--config.eval_every=0", "--config.checkpoint_every=20", "--backend=xla"]
     return cmd, work / "image.ssplat", work / "checkpoints"
 
