@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--bit-depth", type=int, default=8, choices=(8, 16),
                    help="bits per channel of the output (16: PNG or TIFF)")
     d.add_argument("--backend", default="auto", help="renderer: auto | xla | pallas | reference")
+    d.add_argument("--memory-limit", default=None,
+                   help="refuse decodes estimated to need more memory than this (e.g. 8G; "
+                        "default: $SMARTSPLAT_MEMORY_LIMIT, else half the machine's memory); "
+                        "PNG outputs decode in bands of rows within it")
     d.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     i = sub.add_parser("info", help="print what a .ssplat file holds")
     i.add_argument("input", help="the .ssplat file")
@@ -155,25 +159,36 @@ def _compress(args) -> int:
 
 def _decompress(args) -> int:
     from smartsplat_jax import io as sio
-    from smartsplat_jax.pipeline import decompress
+    from smartsplat_jax.pipeline import decompress_to_file
 
     _check_output(args.output, args.force, args.input)
     sio.output_format(args.output, args.bit_depth)  # an unknown extension fails before the work
     t0 = time.perf_counter()
-    image = decompress(_read(args.input), width=args.width, height=args.height,
-                       scale=args.scale, backend=args.backend)
-    sio.save_image(args.output, image, bit_depth=args.bit_depth, overwrite=args.force)
-    print(f"{args.output}: {image.shape[1]}x{image.shape[0]} px, "
+    r = decompress_to_file(_read(args.input), args.output, width=args.width,
+                           height=args.height, scale=args.scale, bit_depth=args.bit_depth,
+                           backend=args.backend, overwrite=args.force,
+                           memory_limit=args.memory_limit)
+    bands = f", {r['bands']} bands" if r["bands"] > 1 else ""
+    print(f"{args.output}: {r['width']}x{r['height']} px{bands}, "
           f"{time.perf_counter() - t0:.2f} s")
     return 0
 
 
 def _info(args) -> int:
     from smartsplat_jax import codec
+    from smartsplat_jax.pipeline import MemoryLimitError, decode_plan
 
     info = codec.read_info(_read(args.input))
+    try:  # what decoding at the file's size to PNG needs, from the header alone
+        plan = decode_plan(info.num_gaussians, info.height, info.width)
+        decode = (f"about {plan['bytes'] / 2**20:.0f} MiB at full size to PNG (limit "
+                  f"{plan['limit'] / 2**20:.0f} MiB)")
+        refused = None
+    except MemoryLimitError as e:
+        decode, refused = f"refused: {e}", str(e)
     if args.json:
-        print(json.dumps(info.as_dict(), indent=2))
+        print(json.dumps({**info.as_dict(), "decode": decode, "decode_refused": refused},
+                         indent=2))
         return 0
     s = info.spec
     print(f"{args.input}: .ssplat version {info.version}\n"
@@ -182,7 +197,8 @@ def _info(args) -> int:
           f"  file size    {info.file_bytes} bytes, {info.bytes_per_gaussian:.3f} bytes/Gaussian\n"
           f"  real CR      {info.compression_ratio:.2f} (raw 8-bit RGB / file)\n"
           f"  header       {info.header_bytes} bytes (checksum included)\n"
-          f"  quantization {s.describe()}")
+          f"  quantization {s.describe()}\n"
+          f"  decoding     {decode}")
     return 0
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "OUTPUT_FORMATS",
     "atomic_write_bytes",
     "json_bytes",
+    "save_png_bands",
 ]
 
 DEFAULT_MAX_PIXELS = 400_000_000
@@ -409,3 +410,74 @@ def json_bytes(obj, indent: int | None = 2) -> bytes:
     """Strict JSON (RFC 8259) of `obj` as UTF-8 bytes: non-finite floats (the PSNR of an exact
     reconstruction is +inf) become null, numpy scalars become numbers, tuples lists."""
     return json.dumps(_json_ready(obj), indent=indent, allow_nan=False).encode()
+
+
+def _png_chunk(f, kind: bytes, data: bytes) -> None:
+    f.write(struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+
+def save_png_bands(path: str | os.PathLike, height: int, width: int, bands, *,
+                   bit_depth: int = 8, overwrite: bool = False) -> Path:
+    """Writes a PNG from horizontal bands, streaming: memory is one band, not the image.
+
+    Args:
+      path: the output file (its folder must exist).
+      height, width: the image size in px (1 .. 2**31 - 1).
+      bands: an iterable of float arrays [rows, width, 3] in [0, 1] (clipped, rounded to the
+        nearest level), top to bottom, whose rows add up to `height`.
+      bit_depth: 8 or 16.
+      overwrite: replace an existing file.
+
+    The file is written to a temporary name and renamed at the end, so a failure (or an
+    interrupt) leaves no partial file. Rows use PNG's Sub filter, deflate level 6.
+
+    Raises:
+      ValueError: a band of the wrong shape, non-finite values, or rows that do not add up.
+      FileExistsError / FileNotFoundError / IsADirectoryError: as `atomic_write_bytes`.
+    """
+    path = Path(path)
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth={bit_depth!r} is not supported; use 8 or 16")
+    _check_target(path, overwrite)
+    levels, dtype = (255.0, np.uint8) if bit_depth == 8 else (65535.0, np.dtype(">u2"))
+    pixel_bytes = 3 * bit_depth // 8
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n")
+            _png_chunk(f, b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, 2, 0, 0, 0))
+            comp = zlib.compressobj(6)
+            done = 0
+            for band in bands:
+                arr = np.asarray(band)
+                if arr.ndim != 3 or arr.shape[1:] != (width, 3) or done + arr.shape[0] > height:
+                    raise ValueError(f"band of shape {arr.shape} at row {done} does not fit a "
+                                     f"{height}x{width} RGB image")
+                if not np.all(np.isfinite(arr)):
+                    raise ValueError("image contains NaN or infinite values; expected floats "
+                                     "in [0, 1]")
+                q = np.rint(np.clip(arr, 0.0, 1.0) * levels).astype(dtype)
+                b = q.reshape(arr.shape[0], -1).view(np.uint8)
+                sub = b.copy()
+                sub[:, pixel_bytes:] -= b[:, :-pixel_bytes]  # Sub filter, modulo 256
+                rows = np.concatenate([np.ones((arr.shape[0], 1), np.uint8), sub], axis=1)
+                out = comp.compress(rows.tobytes())
+                if out:
+                    _png_chunk(f, b"IDAT", out)
+                done += arr.shape[0]
+            if done != height:
+                raise ValueError(f"the bands hold {done} rows, the image {height}")
+            _png_chunk(f, b"IDAT", comp.flush())
+            _png_chunk(f, b"IEND", b"")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from smartsplat_jax import codec
@@ -45,7 +46,8 @@ from smartsplat_jax.render import output_size, render, rescale_params, resolve_b
 from smartsplat_jax.train import TrainingDiverged, config_for_method, fit, initialize
 from smartsplat_jax.train.config import FitConfig
 
-__all__ = ["run_fit", "compress_image", "encode_trained", "decompress",
+__all__ = ["run_fit", "compress_image", "encode_trained", "decompress", "decompress_to_file",
+           "decode_plan", "memory_limit_bytes", "render_bands", "MemoryLimitError",
            "save_params", "load_params", "check_workdir"]
 
 
@@ -101,20 +103,145 @@ def _encode_and_decode(image, params: P.GaussianParams, history: dict, config: F
 
 
 def decompress(data: bytes, *, width: int | None = None, height: int | None = None,
-               scale: float | None = None, backend: str = "auto") -> np.ndarray:
-    """Renders a .ssplat file at its size or another (see `render.output_size`).
+               scale: float | None = None, backend: str = "auto",
+               memory_limit: int | None = None) -> np.ndarray:
+    """Renders a .ssplat file at its size or another (see `render.output_size`), in memory.
 
     Returns:
       [H', W', 3] float32 image in [0, 1].
 
     Raises:
-      CodecError: the bytes are not a valid file; ValueError: bad size options.
+      CodecError: the bytes are not a valid file; ValueError: bad size options;
+      MemoryLimitError: the decode would need more than `memory_limit` bytes (see
+      `decode_plan`; `decompress_to_file` writes large PNGs in bands instead).
     """
+    info = codec.read_info(data)
+    oh, ow = output_size(info.height, info.width, out_width=width, out_height=height,
+                         scale=scale)
+    # Refused here, from the header alone, before anything N- or image-sized is allocated.
+    decode_plan(info.num_gaussians, oh, ow, banded=False, memory_limit=memory_limit)
     params, h, w = codec.decode(data)
-    oh, ow = output_size(h, w, out_width=width, out_height=height, scale=scale)
     if (oh, ow) != (h, w):
         params = rescale_params(params, (h, w), (oh, ow))
     return np.asarray(render(params, oh, ow, backend=backend))
+
+
+class MemoryLimitError(ValueError):
+    """A decode would need more memory than the limit allows (the message says how much)."""
+
+
+# Decode memory model (float32, CPU, measured with the xla backend; see `decode_plan`).
+_RUNTIME_BYTES = 400 << 20  # the Python/JAX runtime and compiled programs
+_BYTES_PER_GAUSSIAN = 300  # codes, parameters, rescaled copy, projection and tile ranges
+_BYTES_PER_PIXEL = 48  # tile accumulator, clamped copy, host copy, quantized rows, zlib input
+_BAND_BYTES = 256 << 20  # what one band of a banded decode may take
+
+
+def memory_limit_bytes(memory_limit: int | str | None = None) -> int:
+    """The decode memory limit in bytes: `memory_limit` (an int, or a string such as "8G",
+    "512M"), else the SMARTSPLAT_MEMORY_LIMIT environment variable, else half of this
+    machine's physical memory."""
+    value = memory_limit if memory_limit is not None else os.environ.get("SMARTSPLAT_MEMORY_LIMIT")
+    if value is None or value == "":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+        except (ValueError, OSError, AttributeError):
+            return 8 << 30
+    if isinstance(value, str):
+        text = value.strip().upper().removesuffix("B")
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
+        try:
+            number = float(text[:-1] if mult > 1 else text)
+        except ValueError:
+            raise ValueError(f"memory limit {value!r} is not a size such as 8G, 512M or "
+                             "1073741824") from None
+        value = int(number * mult)
+    if isinstance(value, bool) or not isinstance(value, int) or value < (64 << 20):
+        raise ValueError(f"memory limit {value!r} must be at least 64M")
+    return value
+
+
+def decode_plan(num: int, out_height: int, out_width: int, *, banded: bool = True,
+                memory_limit: int | str | None = None) -> dict:
+    """How a decode of N Gaussians to out_height x out_width px runs, and what it needs.
+
+    Estimate: runtime + 300 B per Gaussian + 48 B per output pixel held at once (the whole
+    image, or one band of rows when `banded`: bands take at most 256 MB). Refused when over
+    the limit (`memory_limit_bytes`).
+
+    Returns:
+      {"rows": rows per band (out_height when not banded), "bands", "bytes" (the estimate),
+      "limit"}.
+
+    Raises:
+      MemoryLimitError: the estimate exceeds the limit.
+    """
+    limit = memory_limit_bytes(memory_limit)
+    rows = out_height
+    if banded:
+        rows = max(1, min(out_height, _BAND_BYTES // (_BYTES_PER_PIXEL * out_width)))
+        if rows < out_height:
+            rows = max(16, rows // 16 * 16)  # whole xla/pallas tiles
+    need = _RUNTIME_BYTES + _BYTES_PER_GAUSSIAN * num + _BYTES_PER_PIXEL * rows * out_width
+    if need > limit:
+        how = ("" if banded else "; writing a .png output decodes in bands of rows and needs "
+               "less")
+        raise MemoryLimitError(
+            f"decoding {num} Gaussians to {out_width}x{out_height} px needs about "
+            f"{need / 2**30:.2f} GiB, over the limit of {limit / 2**30:.2f} GiB{how}; raise it "
+            "with --memory-limit or SMARTSPLAT_MEMORY_LIMIT, or decode smaller (--width)")
+    return {"rows": rows, "bands": -(-out_height // rows), "bytes": need, "limit": limit}
+
+
+def render_bands(params: P.GaussianParams, height: int, width: int, rows: int, *,
+                 backend: str = "auto"):
+    """Yields the height x width render of `params` as float32 bands [<= rows, width, 3],
+    top to bottom. Each band renders the Gaussians shifted into a rows x width frame (one
+    compiled program for every band; the last is cropped), so memory is one band."""
+    mu = P.normalized_to_pixel(params.means, height, width)
+    for y0 in range(0, height, rows):
+        shifted = mu - jnp.asarray([0.0, float(y0)], mu.dtype)
+        band = params.replace(means=P.pixel_to_normalized(shifted, rows, width))
+        img = np.asarray(render(band, rows, width, backend=backend))
+        yield img[: min(rows, height - y0)]
+
+
+def decompress_to_file(data: bytes, path: str | os.PathLike, *, width: int | None = None,
+                       height: int | None = None, scale: float | None = None,
+                       bit_depth: int = 8, backend: str = "auto", overwrite: bool = False,
+                       memory_limit: int | str | None = None) -> dict:
+    """Decodes a .ssplat file into an image file, in bounded memory.
+
+    The size is checked against the memory limit from the header alone, before anything is
+    allocated (`decode_plan`). PNG outputs render and stream in bands of rows, so a
+    65536 x 65536 decode needs about 0.7 GB plus 300 B per Gaussian; other formats render the
+    whole image.
+
+    Returns:
+      {"height", "width", "bands", "memory_estimate", "memory_limit"}.
+
+    Raises:
+      CodecError, ValueError (bad size options, an unknown extension), MemoryLimitError,
+      OSError.
+    """
+    info = codec.read_info(data)
+    fmt = sio.output_format(path, bit_depth)
+    oh, ow = output_size(info.height, info.width, out_width=width, out_height=height,
+                         scale=scale)
+    plan = decode_plan(info.num_gaussians, oh, ow, banded=fmt == "PNG",
+                       memory_limit=memory_limit)
+    params, h, w = codec.decode(data)
+    if (oh, ow) != (h, w):
+        params = rescale_params(params, (h, w), (oh, ow))
+    if fmt == "PNG":
+        sio.save_png_bands(path, oh, ow, render_bands(params, oh, ow, plan["rows"],
+                                                      backend=backend),
+                           bit_depth=bit_depth, overwrite=overwrite)
+    else:
+        sio.save_image(path, np.asarray(render(params, oh, ow, backend=backend)),
+                       bit_depth=bit_depth, overwrite=overwrite)
+    return {"height": oh, "width": ow, "bands": plan["bands"],
+            "memory_estimate": plan["bytes"], "memory_limit": plan["limit"]}
 
 
 def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,

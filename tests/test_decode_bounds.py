@@ -1,0 +1,74 @@
+"""Decoding in bounded memory: the plan from the header alone, refusals, banded PNG output."""
+
+import numpy as np
+import pytest
+
+from smartsplat_jax import codec, load_image
+from smartsplat_jax import params as P
+from smartsplat_jax import pipeline
+from smartsplat_jax.cli import main
+from smartsplat_jax.render import render, rescale_params
+
+
+@pytest.fixture(scope="module")
+def small_file():
+    rng = np.random.default_rng(0)
+    n, h, w = 60, 30, 44
+    xy = np.stack([rng.uniform(0, w, n), rng.uniform(0, h, n)], 1)
+    p = P.GaussianParams.create(means=P.pixel_to_normalized(xy, h, w),
+                                scales=rng.uniform(1.0, 6.0, (n, 2)),
+                                rotation=rng.normal(0, 1, (n, 1)),
+                                colors=rng.uniform(0, 1, (n, 3)))
+    data = codec.encode(p, h, w)
+    return data, codec.decode(data)[0], h, w
+
+
+@pytest.mark.parametrize("width", [None, 101])
+def test_banded_png_equals_the_whole_render(small_file, tmp_path, monkeypatch, width):
+    data, decoded, h, w = small_file
+    # Bands of 16 rows: several bands, the last one cropped.
+    monkeypatch.setattr(pipeline, "_BAND_BYTES", 16 * pipeline._BYTES_PER_PIXEL * (width or w))
+    out = tmp_path / "d.png"
+    r = pipeline.decompress_to_file(data, out, width=width, backend="xla")
+    oh, ow = r["height"], r["width"]
+    assert r["bands"] == -(-oh // 16) and r["bands"] >= 2
+    whole = render(rescale_params(decoded, (h, w), (oh, ow)) if width else decoded, oh, ow,
+                   backend="xla")
+    expect = np.rint(np.clip(np.asarray(whole), 0, 1) * 255) / 255
+    np.testing.assert_allclose(load_image(out), expect, atol=1.01 / 255)
+    assert np.mean(np.abs(load_image(out) - expect) > 0.5 / 255) < 1e-3  # rounding ties only
+
+
+def test_the_plan_refuses_before_decoding(small_file, tmp_path, capsys):
+    data, _, h, w = small_file
+    out = tmp_path / "big.png"
+    assert main(["decompress", str(_write(tmp_path, data)), str(out), "--width=60000",
+                 "--memory-limit=100M"]) == 1
+    err = capsys.readouterr().err
+    assert "over the limit of 0.10 GiB" in err and err.count("\n") == 1
+    assert not out.exists()
+    with pytest.raises(pipeline.MemoryLimitError, match="writing a .png output decodes in bands"):
+        pipeline.decompress(data, width=60000, memory_limit="100M")
+    with pytest.raises(ValueError, match="at least 64M"):
+        pipeline.memory_limit_bytes("1K")
+
+
+def test_info_says_when_a_file_would_be_refused(tmp_path, capsys, monkeypatch):
+    # A valid file of a 65536 x 65536 image with 2^20 Gaussians.
+    n = 1 << 20
+    rng = np.random.default_rng(1)
+    p = P.GaussianParams.create(means=rng.uniform(-1, 1, (n, 2)), scales=np.full((n, 2), 50.0),
+                                colors=rng.uniform(0, 1, (n, 3)))
+    path = _write(tmp_path, codec.encode(p, 65536, 65536))
+    assert main(["info", str(path)]) == 0
+    assert "decoding     about" in capsys.readouterr().out
+    monkeypatch.setenv("SMARTSPLAT_MEMORY_LIMIT", "200M")
+    assert main(["info", str(path)]) == 0
+    assert "decoding     refused: decoding 1048576 Gaussians to 65536x65536" in (
+        capsys.readouterr().out)
+
+
+def _write(tmp_path, data):
+    path = tmp_path / "f.ssplat"
+    path.write_bytes(data)
+    return path
