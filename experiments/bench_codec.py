@@ -28,7 +28,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments.common import gaussians_value, launcher_inputs
+from experiments.common import gaussians_value, interruptible, launcher_inputs
 
 _IMAGES = flags.DEFINE_string("images", None, "A folder, or a glob of image files.")
 _CRS = flags.DEFINE_list("crs", ["20", "50", "100", "200", "500"], "Compression ratios.")
@@ -220,4 +220,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(interruptible(main))

@@ -21,7 +21,7 @@ import time
 
 from absl import app, flags
 
-from experiments.common import write_json
+from experiments.common import interruptible, write_json
 
 _IMAGES = flags.DEFINE_string("images", "", "Glob of image files (default: the demo image).")
 _CRS = flags.DEFINE_list("crs", ["50", "200"], "Compression ratios.")
@@ -103,4 +103,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(interruptible(main))

@@ -18,7 +18,7 @@ import time
 
 from absl import app, flags
 
-from experiments.common import write_json
+from experiments.common import interruptible, write_json
 
 _SIZE = flags.DEFINE_integer("size", 4096, "Image side in pixels (square image).")
 _METRICS = flags.DEFINE_list("metrics", ["psnr", "ssim", "ms_ssim"], "Metrics to time.")
@@ -74,4 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(interruptible(main))

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments.common import write_json
+from experiments.common import interruptible, write_json
 
 from smartsplat_jax import DEMO_IMAGE, load_image
 from smartsplat_jax import params as P
@@ -95,4 +95,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(interruptible(main))

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from experiments.common import write_json
+from experiments.common import interruptible, write_json
 
 from smartsplat_jax import params as P
 from smartsplat_jax.render import pair_capacity, pair_count, render
@@ -167,4 +167,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(interruptible(main))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments.common import gaussians_value, launcher_inputs
+from experiments.common import gaussians_value, interruptible, launcher_inputs
 
 from smartsplat_jax import ImageError
 from smartsplat_jax.io import atomic_write_bytes, json_bytes
@@ -160,4 +160,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(interruptible(main))

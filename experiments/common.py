@@ -61,3 +61,26 @@ def launcher_inputs(images: str | None, classic: list[str], crs: list[str], out_
     except OSError as e:
         sys.exit(f"error: {e}")
     return files, ratios, out
+
+
+def interruptible(main):
+    """Wraps a launcher's main so that Ctrl-C (SIGINT) or SIGTERM ends it with one line on
+    stderr and the shell's status (128 + the signal), not a traceback. Training inside it
+    checkpoints first (`train.TrainingInterrupted`), so a rerun resumes."""
+    import functools
+    import signal
+    import sys
+
+    @functools.wraps(main)
+    def run(argv):
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            return main(argv)
+        except KeyboardInterrupt as e:
+            what = str(e) or "stopped"
+            print(f"interrupted: {what}", file=sys.stderr)
+            sys.exit(getattr(e, "exit_code", 128 + signal.SIGINT))
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return run

@@ -15,6 +15,8 @@ from pathlib import Path
 import jax
 from absl import app, flags
 
+from experiments.common import interruptible
+
 from smartsplat_jax import DEMO_IMAGE, ImageError, load_image, metrics, num_gaussians
 from smartsplat_jax.init import random_init, smart_init
 from smartsplat_jax.render import render
@@ -54,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(interruptible(main))

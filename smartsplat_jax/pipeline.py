@@ -132,7 +132,7 @@ class MemoryLimitError(ValueError):
 
 # Decode memory model (float32, CPU, measured with the xla backend; see `decode_plan`).
 _RUNTIME_BYTES = 400 << 20  # the Python/JAX runtime and compiled programs
-_BYTES_PER_GAUSSIAN = 300  # codes, parameters, rescaled copy, projection and tile ranges
+_BYTES_PER_GAUSSIAN = 400  # codes, params, projection, ranges (measured ~370 at N = 2^20)
 _BYTES_PER_PIXEL = 48  # tile accumulator, clamped copy, host copy, quantized rows, zlib input
 _BAND_BYTES = 256 << 20  # what one band of a banded decode may take
 
@@ -165,7 +165,7 @@ def decode_plan(num: int, out_height: int, out_width: int, *, banded: bool = Tru
                 memory_limit: int | str | None = None) -> dict:
     """How a decode of N Gaussians to out_height x out_width px runs, and what it needs.
 
-    Estimate: runtime + 300 B per Gaussian + 48 B per output pixel held at once (the whole
+    Estimate: runtime + 400 B per Gaussian + 48 B per output pixel held at once (the whole
     image, or one band of rows when `banded`: bands take at most 256 MB). Refused when over
     the limit (`memory_limit_bytes`).
 
@@ -214,7 +214,7 @@ def decompress_to_file(data: bytes, path: str | os.PathLike, *, width: int | Non
 
     The size is checked against the memory limit from the header alone, before anything is
     allocated (`decode_plan`). PNG outputs render and stream in bands of rows, so a
-    65536 x 65536 decode needs about 0.7 GB plus 300 B per Gaussian; other formats render the
+    65536 x 65536 decode needs about 0.7 GB plus 400 B per Gaussian; other formats render the
     whole image.
 
     Returns:

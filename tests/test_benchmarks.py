@@ -80,3 +80,23 @@ def test_bench_qat_writes_rows(tmp_path):
         assert row[k] > 0, k
     assert row["qat_rate_vs_float"] == row["ms_per_step_float"] / row["ms_per_step_quantization_aware"]
     assert "| 40x24 | 10 |" in out.stdout
+
+
+def test_launchers_end_an_interrupt_with_one_line(capsys):
+    from experiments.common import interruptible
+    from smartsplat_jax.train import TrainingInterrupted
+
+    def ctrl_c(argv):
+        raise KeyboardInterrupt
+
+    def sigterm_in_training(argv):
+        raise TrainingInterrupted("SIGTERM at step 40: checkpoint c.npz; rerun the same "
+                                  "command to resume", step=40, checkpoint="c.npz", signum=15)
+
+    for main, status, text in ((ctrl_c, 130, "interrupted: stopped"),
+                               (sigterm_in_training, 143, "interrupted: SIGTERM at step 40")):
+        with pytest.raises(SystemExit) as exit_:
+            interruptible(main)([])
+        assert exit_.value.code == status
+        err = capsys.readouterr().err
+        assert err.startswith(text) and err.count("\n") == 1
