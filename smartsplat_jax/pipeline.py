@@ -184,12 +184,17 @@ def decode_plan(num: int, out_height: int, out_width: int, *, banded: bool = Tru
             rows = max(16, rows // 16 * 16)  # whole xla/pallas tiles
     need = _RUNTIME_BYTES + _BYTES_PER_GAUSSIAN * num + _BYTES_PER_PIXEL * rows * out_width
     if need > limit:
-        how = ("" if banded else "; writing a .png output decodes in bands of rows and needs "
-               "less")
+        fixed = _RUNTIME_BYTES + _BYTES_PER_GAUSSIAN * num
+        if fixed > limit:
+            how = (f" (the runtime and the file's Gaussians alone need {fixed / 2**30:.2f} GiB: "
+                   "a smaller output does not help)")
+        else:
+            how = ("" if banded else "; writing a .png output decodes in bands of rows and "
+                   "needs less")
         raise MemoryLimitError(
             f"decoding {num} Gaussians to {out_width}x{out_height} px needs about "
             f"{need / 2**30:.2f} GiB, over the limit of {limit / 2**30:.2f} GiB{how}; raise it "
-            "with --memory-limit or SMARTSPLAT_MEMORY_LIMIT, or decode smaller (--width)")
+            "with --memory-limit or SMARTSPLAT_MEMORY_LIMIT, or decode at a smaller size")
     return {"rows": rows, "bands": -(-out_height // rows), "bytes": need, "limit": limit}
 
 

@@ -43,12 +43,12 @@ def test_the_plan_refuses_before_decoding(small_file, tmp_path, capsys):
     data, _, h, w = small_file
     out = tmp_path / "big.png"
     assert main(["decompress", str(_write(tmp_path, data)), str(out), "--width=60000",
-                 "--memory-limit=100M"]) == 1
+                 "--memory-limit=600M"]) == 1
     err = capsys.readouterr().err
-    assert "over the limit of 0.10 GiB" in err and err.count("\n") == 1
+    assert "over the limit of 0.59 GiB" in err and err.count("\n") == 1
     assert not out.exists()
     with pytest.raises(pipeline.MemoryLimitError, match="writing a .png output decodes in bands"):
-        pipeline.decompress(data, width=60000, memory_limit="100M")
+        pipeline.decompress(data, width=60000, memory_limit="600M")
     with pytest.raises(ValueError, match="at least 64M"):
         pipeline.memory_limit_bytes("1K")
 
@@ -72,3 +72,32 @@ def _write(tmp_path, data):
     path = tmp_path / "f.ssplat"
     path.write_bytes(data)
     return path
+
+
+def _crafted(height, width, n, payload_len):
+    """A file whose header claims height x width and N, with a zero payload and a valid CRC."""
+    import zlib
+
+    from smartsplat_jax.codec import format as F
+
+    body = F._header(height, width, n, codec.QuantSpec(), (0, 0), payload_len) + bytes(payload_len)
+    return body + zlib.crc32(body).to_bytes(4, "little")
+
+
+def test_crafted_headers_are_refused_before_anything_is_allocated(tmp_path, capsys):
+    import time
+
+    from smartsplat_jax.codec import format as F
+
+    # 2^25 Gaussians with the smallest payload the format allows for them (512 KiB).
+    bomb = _write(tmp_path, _crafted(65536, 65536, F.MAX_GAUSSIANS,
+                                     F.min_payload_bytes(F.MAX_GAUSSIANS)))
+    t0 = time.perf_counter()
+    assert main(["decompress", str(bomb), str(tmp_path / "o.png"), "--memory-limit=8G"]) == 1
+    assert time.perf_counter() - t0 < 5.0  # refused from the header, nothing decoded
+    assert "33554432 Gaussians to 65536x65536 px needs about 13.1" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+    # A million Gaussians claimed by 1.4 KB: below the format's payload bound.
+    tiny = _write(tmp_path, _crafted(20000, 20000, 10**6, 1400 // 4 * 4))
+    assert main(["info", str(tiny)]) == 1
+    assert "needs a payload of at least" in capsys.readouterr().err
