@@ -30,8 +30,10 @@ about them is stored.
 Limits (checked before anything is allocated; a file outside them is rejected):
   1 <= height, width <= 65,536; 1 <= N <= min(height * width, 2**25); quantizer fields as in
   `quantize.QUANT_LIMITS`; origin inside the position box; payload length = file length
-  minus header and checksum, and at least `min_payload_bytes(N)`. Decoding needs about 150
-  bytes of memory per Gaussian.
+  minus header and checksum, and at least `min_payload_bytes(N)` (at most 64 Gaussians per
+  payload byte: a small file cannot claim millions of Gaussians). Decoding and rendering need
+  about 400 bytes of memory per Gaussian plus the output; `pipeline.decode_plan` checks that
+  against a memory limit from the header alone, before anything N-sized is allocated.
 
 Version 1 files (smartsplat-jax 0.1: LZMA over fixed-bit-depth planes) are recognised and
 refused with a message saying so.
