@@ -101,3 +101,61 @@ def test_crafted_headers_are_refused_before_anything_is_allocated(tmp_path, caps
     tiny = _write(tmp_path, _crafted(20000, 20000, 10**6, 1400 // 4 * 4))
     assert main(["info", str(tiny)]) == 1
     assert "needs a payload of at least" in capsys.readouterr().err
+
+
+_FUZZ = r'''
+import os, resource, sys, tempfile, time, zlib
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))  # an allocation beyond it fails
+from hypothesis import HealthCheck, given, settings, strategies as st
+from smartsplat_jax import codec, pipeline
+from smartsplat_jax.codec import format as F
+
+good = open(sys.argv[1], "rb").read()
+real = F._parse(good)[1].tobytes()  # the real payload
+out = os.path.join(tempfile.mkdtemp(), "o.png")
+seen = {"ok": 0, "codec": 0, "memory": 0}
+
+@settings(max_examples=int(sys.argv[3]), deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+@given(h=st.integers(1, 65536), w=st.integers(1, 65536),
+       n=st.one_of(st.integers(1, 1 << 16), st.integers(1 << 21, 1 << 25)),
+       extra=st.integers(0, 1 << 12), real_payload=st.booleans(),
+       spec=st.sampled_from([codec.QuantSpec(), codec.read_info(good).spec]))
+def check(h, w, n, extra, real_payload, spec):
+    n = min(n, h * w)
+    payload = real if real_payload else bytes(F.min_payload_bytes(n) + 4 * (extra // 4))
+    body = F._header(h, w, n, spec, (0, 0), len(payload)) + payload
+    blob = body + zlib.crc32(body).to_bytes(4, "little")
+    t0 = time.perf_counter()
+    try:
+        pipeline.decompress_to_file(blob, out, width=min(w, 64), height=min(h, 64),
+                                    memory_limit="1G", overwrite=True, backend="xla")
+        seen["ok"] += 1
+    except codec.CodecError:
+        seen["codec"] += 1
+    except pipeline.MemoryLimitError:
+        seen["memory"] += 1
+    assert time.perf_counter() - t0 < 120
+
+check()
+print(seen)
+'''
+
+
+def test_fuzz_crafted_headers_under_a_memory_rlimit(small_file, tmp_path):
+    """Headers claiming any size and N (valid CRC; zero or real payloads), decoded in a
+    subprocess whose data segment is capped at 2 GiB while the decode limit says 1 GiB: each
+    is refused (CodecError, MemoryLimitError) or decodes; an allocation the plan did not
+    foresee would fail the process."""
+    import subprocess
+    import sys
+
+    data, *_ = small_file
+    path = _write(tmp_path, data)
+    run = subprocess.run([sys.executable, "-c", _FUZZ, str(path), str(2 << 30), "25"],
+                         capture_output=True, text=True, timeout=900,
+                         env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    seen = eval(run.stdout.strip().splitlines()[-1])  # noqa: S307  the script's own dict
+    assert sum(seen.values()) == 25 and seen["memory"] > 0 and seen["codec"] > 0
