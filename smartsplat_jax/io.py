@@ -282,6 +282,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool 
       FileExistsError: `path` exists and `overwrite` is False.
       FileNotFoundError: the folder of `path` does not exist.
     """
+    with _atomic_file(path, overwrite) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def _atomic_file(path: str | os.PathLike, overwrite: bool):
+    """A binary file object for `path` that appears there, complete and fsynced, only when
+    the block ends without an exception (a temporary file in the same folder, then a
+    rename); otherwise nothing is left. Raises as `atomic_write_bytes`."""
     path = Path(path)
     _check_target(path, overwrite)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -291,7 +300,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool 
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -439,45 +448,32 @@ def save_png_bands(path: str | os.PathLike, height: int, width: int, bands, *,
     path = Path(path)
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth={bit_depth!r} is not supported; use 8 or 16")
-    _check_target(path, overwrite)
     levels, dtype = (255.0, np.uint8) if bit_depth == 8 else (65535.0, np.dtype(">u2"))
     pixel_bytes = 3 * bit_depth // 8
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"\x89PNG\r\n\x1a\n")
-            _png_chunk(f, b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, 2, 0, 0, 0))
-            comp = zlib.compressobj(6)
-            done = 0
-            for band in bands:
-                arr = np.asarray(band)
-                if arr.ndim != 3 or arr.shape[1:] != (width, 3) or done + arr.shape[0] > height:
-                    raise ValueError(f"band of shape {arr.shape} at row {done} does not fit a "
-                                     f"{height}x{width} RGB image")
-                if not np.all(np.isfinite(arr)):
-                    raise ValueError("image contains NaN or infinite values; expected floats "
-                                     "in [0, 1]")
-                q = np.rint(np.clip(arr, 0.0, 1.0) * levels).astype(dtype)
-                b = q.reshape(arr.shape[0], -1).view(np.uint8)
-                sub = b.copy()
-                sub[:, pixel_bytes:] -= b[:, :-pixel_bytes]  # Sub filter, modulo 256
-                rows = np.concatenate([np.ones((arr.shape[0], 1), np.uint8), sub], axis=1)
-                out = comp.compress(rows.tobytes())
-                if out:
-                    _png_chunk(f, b"IDAT", out)
-                done += arr.shape[0]
-            if done != height:
-                raise ValueError(f"the bands hold {done} rows, the image {height}")
-            _png_chunk(f, b"IDAT", comp.flush())
-            _png_chunk(f, b"IEND", b"")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with _atomic_file(path, overwrite) as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        _png_chunk(f, b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, 2, 0, 0, 0))
+        comp = zlib.compressobj(6)
+        done = 0
+        for band in bands:
+            arr = np.asarray(band)
+            if arr.ndim != 3 or arr.shape[1:] != (width, 3) or done + arr.shape[0] > height:
+                raise ValueError(f"band of shape {arr.shape} at row {done} does not fit a "
+                                 f"{height}x{width} RGB image")
+            if not np.all(np.isfinite(arr)):
+                raise ValueError("image contains NaN or infinite values; expected floats "
+                                 "in [0, 1]")
+            q = np.rint(np.clip(arr, 0.0, 1.0) * levels).astype(dtype)
+            b = q.reshape(arr.shape[0], -1).view(np.uint8)
+            sub = b.copy()
+            sub[:, pixel_bytes:] -= b[:, :-pixel_bytes]  # Sub filter, modulo 256
+            rows = np.concatenate([np.ones((arr.shape[0], 1), np.uint8), sub], axis=1)
+            out = comp.compress(rows.tobytes())
+            if out:
+                _png_chunk(f, b"IDAT", out)
+            done += arr.shape[0]
+        if done != height:
+            raise ValueError(f"the bands hold {done} rows, the image {height}")
+        _png_chunk(f, b"IDAT", comp.flush())
+        _png_chunk(f, b"IEND", b"")
     return path

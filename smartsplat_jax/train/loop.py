@@ -29,6 +29,7 @@ Robustness (nothing a long run meets stops it without a result):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -296,6 +297,10 @@ _RESUMABLE_CHANGES = ("steps", "qat_steps", "chunk_steps", "eval_every", "checkp
                       "backend", "max_retries", "retry_lr_factor")
 
 
+_START_OVER = ("start over, which deletes them (resume=False; experiments.fit --noresume; "
+               "smartsplat compress --restart)")
+
+
 def run_fingerprint(image, num: int, config: FitConfig, quantizer=None,
                     run_info: dict | None = None) -> dict:
     """What identifies a training run for its checkpoints (JSON-ready): a hash of the image,
@@ -439,24 +444,19 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                     raise ValueError(
                         f"{ckpt_dir} holds checkpoints without a run fingerprint (written by "
                         "smartsplat-jax before checkpoints recorded which run they belong "
-                        "to); use another workdir, or start over, which deletes them "
-                        "(resume=False; experiments.fit --noresume; smartsplat compress "
-                        "--restart)")
+                        f"to); use another workdir, or {_START_OVER}")
                 diff = _differences(record["fingerprint"] or {}, fingerprint)
                 if diff:
                     raise ValueError(
                         f"{ckpt_dir} holds checkpoints of another run (differs in: "
-                        f"{', '.join(diff)}); use another workdir, or start over, which deletes "
-                        "them (resume=False; experiments.fit --noresume; smartsplat compress "
-                        "--restart)")
+                        f"{', '.join(diff)}); use another workdir, or {_START_OVER}")
                 rec_hist = record.get("history") or {}
                 if rec_hist.get("quant") and rec_hist.get("qat_start") != history["qat_start"]:
                     raise ValueError(
                         f"{ckpt_dir}: the checkpoint is inside the quantization-aware phase "
                         f"that started at step {rec_hist.get('qat_start')}; this config starts "
                         f"it at {history['qat_start']}: resume with the same steps and "
-                        "qat_steps, or start over (resume=False; experiments.fit --noresume; "
-                        "smartsplat compress --restart)")
+                        f"qat_steps, or {_START_OVER}")
 
             loaded = load_latest(ckpt_dir, (params, opt_state), accept=accept)
             if loaded is not None:
@@ -488,7 +488,7 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                                 "backend": history["backend"]})
 
     stops = _StopRequests() if handle_signals else None
-    with (stops or _NoSignals()):
+    with (stops or contextlib.nullcontext()):
         while step < config.steps:
             length = _next_boundary(step, config, qat_start if qat else None) - step
             if qat and step >= qat_start and spec is None:
@@ -585,14 +585,6 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
         per_step = (session_seconds - first[1]) / (session_steps - first[0])
         history["compile_seconds"] = max(0.0, first[1] - per_step * first[0])
     return params, history
-
-
-class _NoSignals:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _describe_counts(counts) -> str:
