@@ -197,9 +197,21 @@ def _floor_scales(raw: jax.Array) -> jax.Array:
     return jnp.where(jnp.abs(raw) < f, jnp.where(raw < 0, -f, f), raw)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "capacity", "qat"))
+def _custom_loss(loss_fn):
+    """A `loss_value` that scores the render with `loss_fn(rendered, image) -> scalar`."""
+
+    def value(params, image, config, capacity=None):
+        h, w = image.shape[:2]
+        rendered = render(params, h, w, backend=config.backend, capacity=capacity)
+        return loss_fn(rendered, image), jnp.mean(jnp.square(rendered - image))
+
+    return value
+
+
+@functools.partial(jax.jit, static_argnames=("config", "capacity", "qat", "loss_fn", "optimizer"))
 def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale, *,
-               config: FitConfig, capacity: int | None = None, qat: bool = True):
+               config: FitConfig, capacity: int | None = None, qat: bool = True,
+               loss_fn=None, optimizer=None):
     """`count` (traced, <= `_chunk_length(config)`) optimizer steps from step `step0`,
     quantization-aware by `schedule` with the quantizer `qgrid`, every update scaled by
     `lr_scale`. All of these are traced, so a chunk of any length, a new quantizer, a phase
@@ -210,9 +222,10 @@ def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale
     `_chunk_length(config)` (entries from `count` on are 0), finite: every parameter is
     finite at the end, bad: [5] int32, per attribute (means, scales, rotation, colors,
     opacity) the number of (Gaussian, step) pairs whose gradient had a non-finite entry
-    (zeroed before the optimizer)."""
-    opt = make_optimizer(config)
-    grad_fn = jax.value_and_grad(loss_value, has_aux=True)
+    (zeroed before the optimizer). `loss_fn`, `optimizer`: see `fit` (None: the config's)."""
+    opt = optimizer if optimizer is not None else make_optimizer(config)
+    value = loss_value if loss_fn is None else _custom_loss(loss_fn)
+    grad_fn = jax.value_and_grad(value, has_aux=True)
     h, w = image.shape[:2]
 
     def train_step(carry, t):
@@ -350,7 +363,8 @@ def _backend_for_resume(recorded: str | None, config: FitConfig, reporter) -> Fi
 def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
         workdir: str | Path | None = None, resume: bool = True, run_info: dict | None = None,
         progress: bool = True, stream=None, log_seconds: float = 10.0,
-        handle_signals: bool = True) -> tuple[P.GaussianParams, dict]:
+        handle_signals: bool = True, loss_fn=None,
+        optimizer: optax.GradientTransformation | None = None) -> tuple[P.GaussianParams, dict]:
     """Trains Gaussians on an image, quantization-aware in the last phase when asked.
 
     Quantization-aware phase (the last `config.qat_steps_used` steps, with a quantizer):
@@ -389,13 +403,24 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
         (method, seed, CR...), part of the checkpoints' fingerprint.
       progress: report progress (a bar on a terminal, log lines elsewhere) on `stream`.
       handle_signals: catch SIGINT/SIGTERM to checkpoint before stopping (main thread only).
+      loss_fn: None (the config's `loss`), or your own loss: a jax-traceable function
+        `loss_fn(rendered [H, W, 3], image [H, W, 3]) -> scalar` to minimise, e.g.
+        `lambda r, t: jnp.mean(jnp.abs(r - t))`. The PSNR reported is still of the MSE.
+      optimizer: None (`make_optimizer(config)`: Adam or Adan per parameter group at the
+        config's rates), or any optax transform over `GaussianParams`, e.g.
+        `optax.multi_transform` of your groups or `optax.adamw(1e-3)`. Everything else is
+        kept: non-finite gradients zeroed first, the retry factor and the quantization-aware
+        freezing applied to its updates, colour and scale projections after them.
+      `loss_fn` and `optimizer` are compiled into the training step (pass the same objects to
+      reuse a compiled step); checkpoints record their names, so resume with the same ones.
 
     Returns:
       params: the trained raw parameters; with a quantizer, every attribute lies on the grid
         of history["quant"] (what the file stores, so `render(params)` is the decoded file's
         render up to float rounding).
-      history: {"step", "loss", "train_psnr"} per chunk (loss: mean over the chunk;
-        train_psnr: of the float render before the chunk's last step), "eval": a list of
+      history: {"step", "loss", "train_psnr", "seconds"} per chunk (loss: mean over the
+        chunk; train_psnr: of the float render before the chunk's last step; seconds: training
+        time up to the chunk's end, compilation included), "eval": a list of
         {"step", "psnr", "ssim"}, "train_seconds" (chunks only, compilation included),
         "compile_seconds" (first-chunk overhead estimate), "resumed_from" (step or None),
         "qat_start" (step or None), "quant" (the final QuantSpec as a dict, or None),
@@ -419,13 +444,19 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
         raise ValueError(f"quantizer={quantizer!r} must be a codec.QuantSpec, an object with "
                          "plan() and finish() (codec.rate.BudgetQuantizer), or None")
     h, w = int(img.shape[0]), int(img.shape[1])
+    _check_custom(loss_fn, optimizer, img)
+    if loss_fn is not None or optimizer is not None:
+        run_info = {**(run_info or {}),
+                    "loss_fn": None if loss_fn is None else _name(loss_fn),
+                    "optimizer": None if optimizer is None else "custom optax transform"}
     reporter = Progress(config.steps, start=0, stream=stream, log_seconds=log_seconds,
                         enabled=progress)
-    opt_state = make_optimizer(config).init(params)
+    opt_state = (optimizer if optimizer is not None else make_optimizer(config)).init(params)
     qat = quantizer is not None and config.qat_steps_used > 0
     qat_start = config.steps - config.qat_steps_used if qat else config.steps
     schedule = qat_schedule(config, qat)
-    history = {"step": [], "loss": [], "train_psnr": [], "eval": [], "train_seconds": 0.0,
+    history = {"step": [], "loss": [], "train_psnr": [], "seconds": [], "eval": [],
+               "train_seconds": 0.0,
                "compile_seconds": 0.0, "resumed_from": None,
                "qat_start": qat_start if qat else None, "quant": None, "quant_info": None,
                "psnr_before_qat": None, "rollbacks": [], "nonfinite_grads": [],
@@ -465,6 +496,9 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                     reporter.message(f"skipped an unreadable checkpoint: {why}")
                 step = int(record["step"])
                 history = {**history, **record["history"]}
+                # Checkpoints from before "seconds" was kept: unknown times for those chunks.
+                history["seconds"] = ([math.nan] * (len(history["step"]) - len(history["seconds"]))
+                                      + list(history["seconds"]))
                 history["resumed_from"] = step
                 config = _backend_for_resume(record.get("backend"), config, reporter)
                 reporter.message(f"resumed from step {step} ({path})")
@@ -506,7 +540,8 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
             new_params, new_state, loss, mse, finite, bad_grads = _run_chunk(
                 params, opt_state, img, qgrid, jnp.asarray(step, jnp.int32),
                 jnp.asarray(length, jnp.int32), schedule, jnp.asarray(lr_scale, jnp.float32),
-                config=config, capacity=capacity, qat=qat)
+                config=config, capacity=capacity, qat=qat, loss_fn=loss_fn,
+                optimizer=optimizer)
             loss = jax.device_get(loss)[:length]
             mse = jax.device_get(mse)[:length]
             bad_grads = [int(x) for x in jax.device_get(bad_grads)]
@@ -559,6 +594,7 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
             history["step"].append(step)
             history["loss"].append(float(loss.mean()))
             history["train_psnr"].append(_psnr_from_mse(float(mse[-1])))
+            history["seconds"].append(history["train_seconds"])
             extra = ""
             if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
                 rendered = render(params, h, w, backend=config.backend)
@@ -585,6 +621,37 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
         per_step = (session_seconds - first[1]) / (session_steps - first[0])
         history["compile_seconds"] = max(0.0, first[1] - per_step * first[0])
     return params, history
+
+
+def _name(fn) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
+def _check_custom(loss_fn, optimizer, image) -> None:
+    """ValueError/TypeError naming a custom loss or optimizer that `fit` cannot use."""
+    if optimizer is not None and not (callable(getattr(optimizer, "init", None))
+                                      and callable(getattr(optimizer, "update", None))):
+        raise TypeError(f"optimizer={optimizer!r} must be an optax GradientTransformation "
+                        "(with init and update), or None for the config's optimizer")
+    if loss_fn is None:
+        return
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn={loss_fn!r} must be a function (rendered, image) -> scalar, "
+                        "or None for the config's loss")
+    try:
+        hash(loss_fn)
+    except TypeError:
+        raise TypeError(f"loss_fn={loss_fn!r} must be hashable (it is compiled into the "
+                        "training step); pass a function, not an unhashable object") from None
+    spec = jax.ShapeDtypeStruct(image.shape, jnp.float32)
+    try:
+        out = jax.eval_shape(loss_fn, spec, spec)
+    except Exception as e:  # noqa: BLE001  the user's function, any error
+        raise ValueError(f"loss_fn={_name(loss_fn)} fails on ([H, W, 3], [H, W, 3]) float32 "
+                         f"arrays: {type(e).__name__}: {e}") from None
+    if getattr(out, "shape", None) != () or not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(f"loss_fn={_name(loss_fn)} must return a float scalar; it returned "
+                         f"{getattr(out, 'shape', out)} {getattr(out, 'dtype', '')}")
 
 
 def _describe_counts(counts) -> str:

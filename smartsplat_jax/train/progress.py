@@ -1,4 +1,4 @@
-"""Progress reporting: a live one-line bar on a terminal, plain log lines otherwise."""
+"""Progress reporting: a live one-line bar on a terminal or in a notebook, log lines otherwise."""
 
 from __future__ import annotations
 
@@ -13,18 +13,24 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+def _is_notebook(stream) -> bool:
+    """True for a Jupyter/Colab cell's output stream (ipykernel), which redraws on '\r'."""
+    return type(stream).__module__.split(".")[0] == "ipykernel"
+
+
 class Progress:
     """Reports steps, loss, PSNR, it/s and ETA.
 
-    On a TTY the line is redrawn in place; elsewhere (CI, logs) a line is printed at most
-    every `log_seconds` seconds and at the end.
+    On a TTY, and in a Jupyter or Colab cell, the line is redrawn in place as a bar;
+    elsewhere (CI, logs) a line is printed at most every `log_seconds` seconds and at the end.
     """
 
     def __init__(self, total: int, start: int = 0, stream=None, log_seconds: float = 10.0,
                  enabled: bool = True):
         self.total, self.start = total, start
         self.stream = stream or sys.stdout
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.notebook = _is_notebook(self.stream)
+        self.tty = self.notebook or bool(getattr(self.stream, "isatty", lambda: False)())
         self.log_seconds = log_seconds
         self.enabled = enabled
         self.t0 = time.perf_counter()
@@ -44,7 +50,9 @@ class Progress:
             width = 24
             filled = int(width * step / max(self.total, 1))
             bar = "#" * filled + "-" * (width - filled)
-            self.stream.write(f"\r[{bar}] {line}\033[K" + ("\n" if done else ""))
+            # A notebook has no erase-line escape: pad over the previous line instead.
+            clear = " " * 8 if self.notebook else "\033[K"
+            self.stream.write(f"\r[{bar}] {line}{clear}" + ("\n" if done else ""))
             self.stream.flush()
         elif done or now - self.last_print >= self.log_seconds:
             self.stream.write(line + "\n")
