@@ -14,6 +14,8 @@ import io
 import numpy as np
 from PIL import Image, features
 
+from smartsplat_jax import metrics
+
 __all__ = ["FORMATS", "available", "encode_at_bytes", "measure_at_bytes", "rd_curve"]
 
 FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF"}
@@ -62,17 +64,6 @@ def encode_at_bytes(image: np.ndarray, fmt: str, max_bytes: int):
     return data, decoded, q
 
 
-def _quality(decoded: np.ndarray, image: np.ndarray) -> dict:
-    from smartsplat_jax import metrics
-
-    try:
-        ms = metrics.ms_ssim(decoded, image)
-    except ValueError:  # too small for MS-SSIM's five scales
-        ms = None
-    return {"psnr": metrics.psnr(decoded, image), "ssim": metrics.ssim(decoded, image),
-            "ms_ssim": ms}
-
-
 def measure_at_bytes(image: np.ndarray, fmt: str, max_bytes: int) -> dict:
     """The best `fmt` file of `image` within `max_bytes`, measured.
 
@@ -87,7 +78,8 @@ def measure_at_bytes(image: np.ndarray, fmt: str, max_bytes: int) -> dict:
     row = {"format": fmt, "quality": quality, "file_bytes": None, "bpp": None, "psnr": None,
            "ssim": None, "ms_ssim": None}
     if data is not None:
-        row.update(file_bytes=len(data), bpp=8.0 * len(data) / (h * w), **_quality(decoded, image))
+        row.update(file_bytes=len(data), bpp=8.0 * len(data) / (h * w),
+                   **metrics.quality(decoded, image))
     return row
 
 
@@ -108,5 +100,5 @@ def rd_curve(image: np.ndarray, fmt: str, qualities=(5, 15, 30, 50, 70, 85, 95))
         data = _encode(im, fmt, int(q))
         decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.float32) / 255.0
         out.append({"quality": int(q), "bytes": len(data), "bpp": 8.0 * len(data) / (h * w),
-                    **_quality(decoded, image)})
+                    **metrics.quality(decoded, image)})
     return out

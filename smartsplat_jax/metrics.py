@@ -28,7 +28,7 @@ import numpy as np
 
 from smartsplat_jax import filters
 
-__all__ = ["psnr", "ssim", "ms_ssim", "MS_SSIM_WEIGHTS", "MS_SSIM_MIN_SIDE"]
+__all__ = ["psnr", "ssim", "ms_ssim", "quality", "MS_SSIM_WEIGHTS", "MS_SSIM_MIN_SIDE"]
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 MS_SSIM_MIN_SIDE = (filters.WINDOW_SIZE - 1) * 2 ** (len(MS_SSIM_WEIGHTS) - 1)  # 160
@@ -169,3 +169,15 @@ def ms_ssim(a, b) -> float:
     stacked = np.stack(factors)  # [levels, 3]
     per_channel = np.prod(stacked ** weights[:, None], axis=0)
     return float(np.mean(per_channel))
+
+
+def quality(a, b) -> dict:
+    """{"psnr", "ssim", "ms_ssim"} of [H, W, 3] images in [0, 1]; ms_ssim is None for images
+    whose shorter side is `MS_SSIM_MIN_SIDE` px or less (too small for its five scales)."""
+    try:
+        ms = ms_ssim(a, b)
+    except ValueError:
+        if min(np.shape(a)[:2]) > MS_SSIM_MIN_SIDE:
+            raise
+        ms = None
+    return {"psnr": psnr(a, b), "ssim": ssim(a, b), "ms_ssim": ms}

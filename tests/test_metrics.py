@@ -177,3 +177,14 @@ def test_smartsplat_loss_value():
     assert float(losses.smartsplat_loss(jnp.asarray(a), jnp.asarray(b))) == pytest.approx(expect, abs=1e-5)
     expect8 = 0.8 * np.abs(a - b).mean() + 0.2 * (1 - ref_ssim(a, b))
     assert float(losses.smartsplat_loss(jnp.asarray(a), jnp.asarray(b), 0.8)) == pytest.approx(expect8, abs=1e-5)
+
+
+def test_quality_matches_the_metrics_and_skips_ms_ssim_when_too_small():
+    rng = np.random.default_rng(2)
+    a = rng.uniform(0, 1, (170, 180, 3)).astype(np.float32)
+    b = np.clip(a + 0.02, 0, 1)
+    q = metrics.quality(b, a)
+    assert q == {"psnr": metrics.psnr(b, a), "ssim": metrics.ssim(b, a),
+                 "ms_ssim": metrics.ms_ssim(b, a)}
+    small = metrics.quality(b[:160], a[:160])
+    assert small["ms_ssim"] is None and small["psnr"] == metrics.psnr(b[:160], a[:160])
