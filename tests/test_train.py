@@ -55,6 +55,29 @@ def test_optimizer_groups_one_adam_step_by_hand():
                                    err_msg=name)
 
 
+def test_adan_is_gaussianimages_adan_by_hand():
+    # Two steps on one scalar with gradients of a pixel-mean L2 loss's size (2e-6, then -1e-6),
+    # worked out by hand from GaussianImage's optimizer.py (betas 0.98/0.92/0.99, eps 1e-8):
+    # step 1: m^ = g, n^ = g^2, no difference yet: g / (|g| + 1e-8) = 2 / 2.01;
+    # step 2: diff = -3e-6, m^ = 1.92e-8 / 0.0396, d^ = 0.08 * diff / 0.1536,
+    #         n^ = (0.99 * 0.01 * 4e-12 + 0.01 * (3.76e-6)^2) / 0.0199:
+    #         (m^ + 0.92 d^) / (sqrt(n^) + 1e-8) = -0.3148563.
+    from smartsplat_jax.train.optim import adan
+
+    lr = 1e-3
+    opt = adan(lr)
+    p = {"x": jnp.zeros((), jnp.float32)}
+    state = opt.init(p)
+    u1, state = opt.update({"x": jnp.float32(2e-6)}, state, p)
+    u2, state = opt.update({"x": jnp.float32(-1e-6)}, state, p)
+    assert float(u1["x"]) == pytest.approx(-lr * 2 / 2.01, rel=1e-5)
+    assert float(u2["x"]) == pytest.approx(-lr * -0.3148563, rel=1e-5)
+    # optax.adan (eps_root 1e-8 inside the root) would move ~50x less on the first step.
+    o = optax.adan(lr)
+    v1, _ = o.update({"x": jnp.float32(2e-6)}, o.init(p), p)
+    assert abs(float(v1["x"])) < abs(float(u1["x"])) / 40
+
+
 def test_gaussianimage_config_and_schedule():
     cfg = config_for_method("gaussianimage-rs")
     assert (cfg.loss, cfg.optimizer, cfg.lr_halve_every) == ("l2", "adan", 20000)

@@ -20,7 +20,8 @@ class FitConfig:
       steps: total optimizer steps (the paper: 50,000).
       loss: "smartsplat" (lambda_l1 * L1 + (1 - lambda_l1) * (1 - SSIM)) or "l2".
       lambda_l1: L1 weight of the SmartSplat loss, in [0, 1] (paper 0.9; authors' code 0.8).
-      optimizer: "adam" (beta 0.9, 0.999, eps 1e-15) or "adan" (optax defaults).
+      optimizer: "adam" (beta 0.9, 0.999, eps 1e-15) or "adan" (GaussianImage's Adan: betas
+        0.98, 0.92, 0.99, eps 1e-8 outside the root; `train.optim.adan`).
       lr_means, lr_scales, lr_colors, lr_rotation, lr_opacity: learning rates per group
         (means in normalized units, scales in pixels); 0 freezes a group (opacity: 0).
       lr_halve_every: halve every rate each this many steps (0: constant).
