@@ -14,13 +14,13 @@ Conventions:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
 __all__ = [
     "BYTES_PER_GAUSSIAN",
@@ -43,9 +43,10 @@ BYTES_PER_GAUSSIAN = 7
 SCALE_FLOOR = 2.0 ** -6
 
 
-@struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class GaussianParams:
-    """Raw (pre-activation) parameters of N 2D Gaussians; a JAX pytree.
+    """Raw (pre-activation) parameters of N 2D Gaussians; a JAX pytree (an immutable
+    dataclass registered with `jax.tree_util.register_dataclass`; leaves in field order).
 
     Attributes:
       means: [N, 2] (x, y) in normalized coordinates (see module docstring).
@@ -61,6 +62,10 @@ class GaussianParams:
     rotation: jax.Array
     colors: jax.Array
     opacity: jax.Array
+
+    def replace(self, **changes) -> "GaussianParams":
+        """A copy with these fields replaced (`dataclasses.replace`)."""
+        return dataclasses.replace(self, **changes)
 
     @property
     def num(self) -> int:
@@ -90,6 +95,11 @@ class GaussianParams:
                     f"for N = {n} Gaussians"
                 )
         return self
+
+
+jax.tree_util.register_dataclass(
+    GaussianParams, data_fields=["means", "scales", "rotation", "colors", "opacity"],
+    meta_fields=[])
 
 
 def scale_activation(raw_scales: jax.Array) -> jax.Array:
