@@ -206,20 +206,26 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the command line; returns the exit status (0 ok, 1 error, 128 + signal when
     interrupted); bad usage raises SystemExit(1) after printing one line."""
     args = _parser().parse_args(argv)
+    from smartsplat_jax import compile_cache
+
+    compile_cache.enable()  # $SMARTSPLAT_CACHE_DIR, default ~/.cache/smartsplat_jax/jax
     from smartsplat_jax.codec import CodecError
     from smartsplat_jax.io import ImageError
-    from smartsplat_jax.train import TrainingDiverged, TrainingInterrupted
 
+    # smartsplat_jax.train is imported by `compress` alone (decoding starts faster without
+    # it); its TrainingDiverged is a FloatingPointError, its TrainingInterrupted a
+    # KeyboardInterrupt with an exit code.
     run = {"compress": _compress, "decompress": _decompress, "info": _info}[args.command]
     try:
         return run(args)
-    except (CodecError, ImageError, ValueError, OSError, TrainingDiverged) as e:
+    except (CodecError, ImageError, ValueError, OSError, FloatingPointError) as e:
         print(f"smartsplat {args.command}: error: {e}", file=sys.stderr)
         return 1
-    except TrainingInterrupted as e:
-        print(f"smartsplat {args.command}: interrupted, no output written; {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if hasattr(e, "exit_code"):  # TrainingInterrupted, after checkpointing
+            print(f"smartsplat {args.command}: interrupted, no output written; {e}",
+                  file=sys.stderr)
+            return e.exit_code
         print(f"smartsplat {args.command}: interrupted; no output written", file=sys.stderr)
         return 130
 

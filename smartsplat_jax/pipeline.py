@@ -30,6 +30,7 @@ import io
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -43,8 +44,12 @@ from smartsplat_jax.codec.quantize import QuantSpec
 from smartsplat_jax.codec.rate import (BudgetQuantizer, byte_budget, fit_budget,
                                        gaussians_for_budget)
 from smartsplat_jax.render import output_size, render, rescale_params, resolve_backend
-from smartsplat_jax.train import TrainingDiverged, config_for_method, fit, initialize
-from smartsplat_jax.train.config import FitConfig
+
+if TYPE_CHECKING:
+    from smartsplat_jax.train.config import FitConfig
+
+# smartsplat_jax.train (optax, the training loop) is imported by the functions that train, so
+# that decoding (`decompress`, `decompress_to_file`, the CLI's decompress) starts faster.
 
 __all__ = ["run_fit", "compress_image", "encode_trained", "decompress", "decompress_to_file",
            "decode_plan", "memory_limit_bytes", "render_bands", "MemoryLimitError",
@@ -123,6 +128,7 @@ def decompress(data: bytes, *, width: int | None = None, height: int | None = No
     params, h, w = codec.decode(data)
     if (oh, ow) != (h, w):
         params = rescale_params(params, (h, w), (oh, ow))
+    backend = resolve_backend(backend, forward_only=True)
     return np.asarray(render(params, oh, ow, backend=backend))
 
 
@@ -238,6 +244,7 @@ def decompress_to_file(data: bytes, path: str | os.PathLike, *, width: int | Non
     params, h, w = codec.decode(data)
     if (oh, ow) != (h, w):
         params = rescale_params(params, (h, w), (oh, ow))
+    backend = resolve_backend(backend, forward_only=True)  # no probe: a decode has no backward
     if fmt == "PNG":
         sio.save_png_bands(path, oh, ow, render_bands(params, oh, ow, plan["rows"],
                                                       backend=backend),
@@ -267,6 +274,8 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
       rollbacks and diverged (None, or the `TrainingDiverged` whose last good parameters
       `data` encodes).
     """
+    from smartsplat_jax.train import TrainingDiverged, config_for_method, fit, initialize
+
     config = config_for_method(method, steps=steps, backend=backend, **overrides)
     image = sio.load_image(image_path)
     h, w = image.shape[:2]
@@ -362,6 +371,8 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
         written first (image.ssplat, params.npz, recon.png, metrics.json with "diverged").
       TrainingInterrupted: SIGINT/SIGTERM, after writing a checkpoint.
     """
+    from smartsplat_jax.train import TrainingDiverged, config_for_method, fit, initialize
+
     config = config_for_method(method, steps=steps, backend=backend, **overrides)
     out = check_workdir(workdir)
     image = sio.load_image(image_path)

@@ -3,14 +3,32 @@
   params, info = initialize("smartsplat", key, image, N)
   params, history = fit(image, params, config_for_method("smartsplat", steps=2000))
   params, history = fit(image, params, config, quantizer=spec)   # last phase quantization-aware
+
+The names below load their module on first use (PEP 562), so that importing
+`smartsplat_jax.train.config` (the CLI's --method choices) does not import optax and the loop.
 """
 
-from smartsplat_jax.train.config import METHODS, FitConfig, config_for_method, default_qat_steps
-from smartsplat_jax.train.loop import (QatSchedule, TrainingDiverged, TrainingInterrupted, fit,
-                                       loss_value, qat_schedule, snap)
-from smartsplat_jax.train.methods import initialize
-from smartsplat_jax.train.optim import make_optimizer
+import importlib
 
-__all__ = ["METHODS", "FitConfig", "config_for_method", "default_qat_steps", "TrainingDiverged",
-           "TrainingInterrupted", "QatSchedule", "fit", "loss_value", "qat_schedule", "snap",
-           "initialize", "make_optimizer"]
+_EXPORTS = {
+    "METHODS": "config", "FitConfig": "config", "config_for_method": "config",
+    "default_qat_steps": "config",
+    "TrainingDiverged": "loop", "TrainingInterrupted": "loop", "QatSchedule": "loop",
+    "fit": "loop", "loss_value": "loop", "qat_schedule": "loop", "snap": "loop",
+    "initialize": "methods", "make_optimizer": "optim",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'smartsplat_jax.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"smartsplat_jax.train.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
