@@ -426,6 +426,11 @@ def _png_chunk(f, kind: bytes, data: bytes) -> None:
             + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
 
+# Deflate level of streamed PNGs: measured on a 2048 x 1365 decode, level 4 writes 6 % more
+# bytes than level 6 in 0.13 s instead of 0.42 s (level 1: 17 % more, 0.09 s).
+_PNG_DEFLATE_LEVEL = 4
+
+
 def save_png_bands(path: str | os.PathLike, height: int, width: int, bands, *,
                    bit_depth: int = 8, overwrite: bool = False) -> Path:
     """Writes a PNG from horizontal bands, streaming: memory is one band, not the image.
@@ -439,7 +444,7 @@ def save_png_bands(path: str | os.PathLike, height: int, width: int, bands, *,
       overwrite: replace an existing file.
 
     The file is written to a temporary name and renamed at the end, so a failure (or an
-    interrupt) leaves no partial file. Rows use PNG's Sub filter, deflate level 6.
+    interrupt) leaves no partial file. Rows use PNG's Sub filter, deflate level 4.
 
     Raises:
       ValueError: a band of the wrong shape, non-finite values, or rows that do not add up.
@@ -453,7 +458,7 @@ def save_png_bands(path: str | os.PathLike, height: int, width: int, bands, *,
     with _atomic_file(path, overwrite) as f:
         f.write(b"\x89PNG\r\n\x1a\n")
         _png_chunk(f, b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, 2, 0, 0, 0))
-        comp = zlib.compressobj(6)
+        comp = zlib.compressobj(_PNG_DEFLATE_LEVEL)
         done = 0
         for band in bands:
             arr = np.asarray(band)

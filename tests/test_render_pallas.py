@@ -222,6 +222,20 @@ def test_auto_is_xla_on_cpu_and_says_why(caplog, monkeypatch):
         resolve_backend("cuda")
 
 
+def test_auto_for_decoding_never_probes(monkeypatch):
+    # A forward-only render (decoding) picks by kernel support alone: no timing probe, so no
+    # forward+backward programs are compiled for a decode.
+    def no_probe(*a, **k):
+        raise AssertionError("the probe ran")
+
+    monkeypatch.setattr(auto, "_time_fwd_bwd", no_probe)
+    monkeypatch.setattr(auto, "_decisions", {})
+    assert resolve_backend("auto", _fake_gpu("9.0"), forward_only=True) == "pallas"
+    assert resolve_backend("auto", _fake_gpu("7.5", "Tesla T4"), forward_only=True) == "xla"
+    assert resolve_backend("auto", jax.devices("cpu")[0], forward_only=True) == "xla"
+    assert auto._decisions == {}
+
+
 @pytest.mark.parametrize("t_xla,t_pallas,error,want", [
     (3.0, 1.0, None, "pallas"), (1.0, 1.0, None, "xla"), (1.0, 3.0, None, "xla"),
     (1.0, 1.0, RuntimeError("no kernel image"), "xla")])

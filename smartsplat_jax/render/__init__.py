@@ -35,11 +35,12 @@ log = logging.getLogger("smartsplat_jax.render")
 _warned_interpret = False
 
 
-def resolve_backend(backend: str, device=None) -> str:
-    """Maps a backend name (including "auto") to the one that will run on `device`."""
+def resolve_backend(backend: str, device=None, *, forward_only: bool = False) -> str:
+    """Maps a backend name (including "auto") to the one that will run on `device`;
+    `forward_only` for renders that are never differentiated (see `auto.auto_backend`)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
-    return auto_backend(device) if backend == "auto" else backend
+    return auto_backend(device, forward_only=forward_only) if backend == "auto" else backend
 
 
 def _check(params: P.GaussianParams, height, width) -> None:

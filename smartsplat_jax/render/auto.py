@@ -110,9 +110,19 @@ def _decide(device) -> tuple[str, str]:
     return "xla", f"pallas is not {_MARGIN:g}x faster ({speed:.2f}x; {probe})"
 
 
-def auto_backend(device=None) -> str:
-    """The backend "auto" means on `device` (default: the first default device)."""
+def auto_backend(device=None, *, forward_only: bool = False) -> str:
+    """The backend "auto" means on `device` (default: the first default device).
+
+    `forward_only` (decoding: a render without gradients): "pallas" wherever its kernels
+    compile (GPUs from sm_80), with no timing probe, whose forward-and-backward programs
+    would cost a decode more than they save; otherwise "xla"."""
     device = jax.devices()[0] if device is None else device
+    if forward_only:
+        if device.platform != "gpu":
+            return "xla"
+        from smartsplat_jax.render import pallas
+
+        return "pallas" if pallas.triton_supported(device)[0] else "xla"
     kind = f"{device.platform}:{device.device_kind}"
     if kind not in _decisions:
         if device.platform != "gpu":
