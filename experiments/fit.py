@@ -9,7 +9,8 @@
 
 Ctrl-C (SIGINT) or SIGTERM finishes the current chunk, writes a checkpoint and exits; the
 same command resumes. A workdir holding another run's checkpoints (another image, CR,
-method, seed or training config) is refused with a clear error.
+method, seed or training config) is refused with a clear error. Compiled programs are cached
+across runs (`smartsplat_jax.compile_cache`; SMARTSPLAT_CACHE_DIR=off turns it off).
 
 Outputs (in --workdir): image.ssplat (the compressed file), recon.png (the file decoded),
 params.npz (float parameters), metrics.json, history.json, curve.png, init_weights.png,
@@ -24,7 +25,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from smartsplat_jax import DEMO_IMAGE, ImageError
+from smartsplat_jax import DEMO_IMAGE, ImageError, compile_cache
 from smartsplat_jax.pipeline import run_fit
 from smartsplat_jax.train import TrainingDiverged, TrainingInterrupted
 
@@ -53,6 +54,7 @@ _TRAIN_FIELDS = ("lambda_l1", "lr_means", "lr_scales", "lr_colors", "lr_rotation
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}; use --flag=value")
+    compile_cache.enable()  # a rerun loads the compiled step ($SMARTSPLAT_CACHE_DIR=off: no)
     c = _CONFIG.value
     for name, flag in (("image", _IMAGE), ("cr", _CR), ("steps", _STEPS), ("method", _METHOD),
                        ("backend", _BACKEND), ("seed", _SEED), ("workdir", _WORKDIR),

@@ -8,6 +8,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
+# The CLI and experiments.fit turn on JAX's persistent compilation cache; tests that call
+# them in-process or in subprocesses must not write into the user's ~/.cache (the tests of
+# the cache set their own folder).
+os.environ.setdefault("SMARTSPLAT_CACHE_DIR", "off")
+
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")

@@ -68,6 +68,22 @@ def test_bench_codec_writes_rows_and_plots(tmp_path):
     assert again.returncode == 0 and "skip (done)" in again.stdout
 
 
+def test_bench_decode_writes_rows(tmp_path):
+    from smartsplat_jax import codec
+    from smartsplat_jax import params as P
+
+    p = P.GaussianParams.create(means=[[0.0, 0.0], [0.4, 0.2]], scales=[[3.0, 2.0], [2.0, 2.0]],
+                                colors=[[0.8, 0.2, 0.1], [0.1, 0.5, 0.9]])
+    (tmp_path / "a.ssplat").write_bytes(codec.encode(p, 20, 30))
+    out = _run(["experiments.bench_decode", f"--files={tmp_path / 'a.ssplat'}", "--repeats=1",
+                f"--out={tmp_path / 'd.json'}"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "d.json").read_text())
+    assert (row["width"], row["height"], row["num_gaussians"]) == (30, 20, 2)
+    assert all(row[k] > 0 for k in ("cold_wall_s", "warm_wall_s", "off_wall_s", "peak_rss_mib"))
+    assert row["warm_decode_s"] is not None and row["warm_wall_s"] >= row["warm_decode_s"]
+
+
 @pytest.mark.slow  # ~25 s: a launcher subprocess timing three chunk programs
 def test_bench_qat_writes_rows(tmp_path):
     out = _run(["experiments.bench_qat", "--sizes=40x24@10", "--chunk=3", "--repeats=1",
