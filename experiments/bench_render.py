@@ -7,6 +7,9 @@ and image size.
 
 The training step is the library's: render + SmartSplat loss (0.9 L1 + 0.1 (1 - SSIM)) +
 gradient + Adam update (`train.loss_value`, `train.make_optimizer`), jitted as one function.
+It is broken down into the rasterizer's forward+backward (of an L1 loss), the SmartSplat
+loss's forward+backward with respect to the image, and the optimizer update, each timed
+alone; "rest" is the step minus the three (fusion across them makes it negative at times).
 On a CPU the pallas kernels run interpreted (slow; only useful as a smoke test).
 
 Scenes are SmartSplat-like (SPEC §4.4): N = floor(3HW / (7 CR)) Gaussians, uniform means,
@@ -31,6 +34,7 @@ from absl import app, flags
 
 from experiments.common import interruptible, write_json
 
+from smartsplat_jax import losses
 from smartsplat_jax import params as P
 from smartsplat_jax.render import pair_capacity, pair_count, render
 from smartsplat_jax.render import pallas as PL
@@ -85,6 +89,25 @@ def _train_step(backend: str, capacity: int | None, params: P.GaussianParams):
     return step, opt.init(params)
 
 
+def _step_parts(params: P.GaussianParams, state, target, rendered) -> dict:
+    """The training step's pieces outside the rasterizer, each jitted alone: the SmartSplat
+    loss's forward+backward with respect to the rendered image, and the Adam update (on
+    gradients of the parameters' shapes) with its application."""
+    config = FitConfig()
+    opt = make_optimizer(config)
+    loss_grad = jax.jit(jax.value_and_grad(
+        lambda r, t: losses.smartsplat_loss(r, t, config.lambda_l1)))
+
+    @jax.jit
+    def update(g, s, p):
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    grads = jax.tree_util.tree_map(lambda x: 1e-6 * jnp.ones_like(x), params)
+    return {"loss_fwd_bwd_ms": _ms(loss_grad, rendered, target, repeats=_REPEATS.value),
+            "optimizer_ms": _ms(update, grads, state, params, repeats=_REPEATS.value)}
+
+
 def bench_one(width: int, height: int, cr: float, backend: str) -> dict | None:
     n = P.num_gaussians(height, width, cr)
     params = synthetic_scene(jax.random.PRNGKey(_SEED.value), height, width, n)
@@ -120,6 +143,9 @@ def bench_one(width: int, height: int, cr: float, backend: str) -> dict | None:
         step, state = _train_step(backend, opts.get("capacity"), params)
         row["step_ms"] = _ms(step, params, state, target, repeats=_REPEATS.value)
         row["step_it_per_s"] = 1e3 / row["step_ms"]
+        row.update(_step_parts(params, state, target, fwd(params)))
+        row["rest_ms"] = (row["step_ms"] - row["fwd_bwd_ms"] - row["loss_fwd_bwd_ms"]
+                          - row["optimizer_ms"])
     row["device_peak_gib"] = _device_peak_gib()
     row["max_abs_diff_vs_xla"] = None
     if backend == "pallas":  # the compiled kernels' image against the xla rasterizer's
@@ -146,9 +172,10 @@ def main(argv):
             print(json.dumps(row), flush=True)
     print()
     print("| size | CR | N | backend | device | tile | pairs | fwd ms | fwd+bwd ms | step ms "
+          "| loss fwd+bwd ms | optimizer ms | rest ms "
           "| step it/s | buffers GiB (fwd+bwd) | peak GiB | useful evals/s | fwd+bwd vs xla "
           "| max abs diff vs xla |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
     def fmt(v, spec):
         return "" if v is None else format(v, spec)
@@ -160,6 +187,8 @@ def main(argv):
         print(f"| {r['width']}x{r['height']} | {r['cr']:g} | {r['n']} | {r['backend']} | "
               f"{r['device']} | {fmt(r['tile'], 'd')} | {fmt(r['pairs'], 'd')} | "
               f"{r['fwd_ms']:.2f} | {r['fwd_bwd_ms']:.2f} | {fmt(r['step_ms'], '.2f')} | "
+              f"{fmt(r.get('loss_fwd_bwd_ms'), '.2f')} | {fmt(r.get('optimizer_ms'), '.2f')} | "
+              f"{fmt(r.get('rest_ms'), '.2f')} | "
               f"{fmt(r['step_it_per_s'], '.1f')} | {fmt(r['fwd_bwd_buffers_gib'], '.3f')} | "
               f"{fmt(r['device_peak_gib'], '.2f')} | {r['useful_per_s']:.3g} | {ratio} | "
               f"{fmt(r['max_abs_diff_vs_xla'], '.2g')} |")

@@ -29,6 +29,7 @@ def test_bench_render_writes_rows(tmp_path, backends):
     rows = json.loads((tmp_path / "r.json").read_text())
     assert {r["backend"] for r in rows} == set(backends.split(","))
     assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["step_ms"] > 0 for r in rows)
+    assert all(r["loss_fwd_bwd_ms"] > 0 and r["optimizer_ms"] > 0 for r in rows)
     by = {r["backend"]: r for r in rows}
     if "pallas" in by:
         assert by["pallas"]["capacity"] >= by["pallas"]["pairs"] > 0
