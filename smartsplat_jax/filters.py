@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["WINDOW_SIZE", "WINDOW_SIGMA", "C1", "C2", "gaussian_window", "window_taps",
-           "blur_adjoint", "ssim_from_stats", "ssim_maps_valid"]
+           "blur_adjoint", "window_stats", "ssim_from_stats", "ssim_maps_valid"]
 
 WINDOW_SIZE = 11
 WINDOW_SIGMA = 1.5
@@ -89,28 +89,23 @@ def ssim_from_stats(mu_x, mu_y, e_xx, e_yy, e_xy):
     return ssim_map, cs_map
 
 
-def ssim_maps_valid(x: jnp.ndarray, y: jnp.ndarray, *, y_is_constant: bool = False):
+def window_stats(x: jnp.ndarray, y: jnp.ndarray) -> tuple[jnp.ndarray, ...]:
+    """The 'valid' windowed statistics of [C, H, W] x and y: (mu_x, mu_y, e_xx, e_yy, e_xy),
+    each [C, H - 10, W - 10], blurred as one stack (differentiable, cheap adjoint)."""
+    c = x.shape[0]
+    stats = _blur_valid(jnp.concatenate([x, y, x * x, y * y, x * y], 0), window_taps())
+    return tuple(stats[i * c:(i + 1) * c] for i in range(5))
+
+
+def ssim_maps_valid(x: jnp.ndarray, y: jnp.ndarray):
     """SSIM and contrast-structure maps with the 11x11, sigma 1.5 window, 'valid' extent.
 
     Args:
       x, y: [H, W, C] float arrays, data range 1, H, W >= 11.
-      y_is_constant: y needs no gradient (a training target). Then x's and y's statistics
-        are blurred as two stacks, so the backward pass blurs x's three alone; otherwise
-        all five go in one stack, which is faster without a backward pass (metrics).
 
     Returns:
       (ssim_map, cs_map): each [H - 10, W - 10, C].
     """
-    taps = window_taps()
-    c = x.shape[-1]
-    x, y = jnp.moveaxis(x, -1, 0), jnp.moveaxis(y, -1, 0)  # [C, H, W]
-    if y_is_constant:
-        sx = _blur_valid(jnp.concatenate([x, x * x, x * y], 0), taps)
-        sy = _blur_valid(jnp.concatenate([y, y * y], 0), taps)
-        mu_x, e_xx, e_xy = sx[:c], sx[c:2 * c], sx[2 * c:]
-        mu_y, e_yy = sy[:c], sy[c:]
-    else:
-        stats = _blur_valid(jnp.concatenate([x, y, x * x, y * y, x * y], 0), taps)
-        mu_x, mu_y, e_xx, e_yy, e_xy = (stats[i * c:(i + 1) * c] for i in range(5))
-    ssim_map, cs_map = ssim_from_stats(mu_x, mu_y, e_xx, e_yy, e_xy)
+    stats = window_stats(jnp.moveaxis(x, -1, 0), jnp.moveaxis(y, -1, 0))  # [C, H, W] blurs
+    ssim_map, cs_map = ssim_from_stats(*stats)
     return jnp.moveaxis(ssim_map, 0, -1), jnp.moveaxis(cs_map, 0, -1)

@@ -35,13 +35,9 @@ def ssim(x: jax.Array, y: jax.Array, *, y_is_constant: bool = False) -> jax.Arra
 def _target_stats(x: jax.Array, y: jax.Array):
     """Windowed statistics of [C, H, W] x and y, zero-padded 'same': mu_x, mu_y, e_xx, e_yy,
     e_xy, each [C, H, W]."""
-    taps = filters.window_taps()
-    c, h = x.shape[0], filters.HALF
+    h = filters.HALF
     pad = ((0, 0), (h, h), (h, h))
-    xp, yp = jnp.pad(x, pad), jnp.pad(y, pad)
-    stats = filters._correlate_valid(jnp.concatenate([xp, yp, xp * xp, yp * yp, xp * yp], 0),
-                                     taps)
-    return tuple(stats[i * c:(i + 1) * c] for i in range(5))
+    return filters.window_stats(jnp.pad(x, pad), jnp.pad(y, pad))
 
 
 @jax.custom_vjp

@@ -106,20 +106,20 @@ def compare(original, decoded, *, titles=("original", "decoded"), crop=None):
     """Original | decoded on the first row, the same zoomed crop of both on the second.
 
     `crop`: (top, left, size) in px, default `worst_crop` (where the error is largest)."""
+    from matplotlib.patches import Rectangle
+
     from smartsplat_jax import metrics
 
     a, b = _pair(original, decoded)
     top, left, size = crop or worst_crop(a, b)
     fig, axes = _figure(2, 2, a.shape)
     psnr = metrics.psnr(b, a)
-    from matplotlib.patches import Rectangle
-
     for col, (img, title) in enumerate(zip((a, b), titles)):
         ax = axes[0, col]
         ax.imshow(img, interpolation="lanczos")
         ax.set_title(title if col == 0 else f"{title}: PSNR {psnr:.2f} dB")
         ax.add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False,
-                                   edgecolor="yellow", linewidth=1.5))
+                               edgecolor="yellow", linewidth=1.5))
         z = axes[1, col]
         z.imshow(img[top:top + size, left:left + size], interpolation="nearest")
         z.set_title(f"{title}, zoom: {size}x{size} px at ({left}, {top})")

@@ -125,13 +125,16 @@ class _StopRequests:
 
 
 def loss_value(params: P.GaussianParams, image: jax.Array, config: FitConfig,
-               capacity: int | None = None):
-    """(loss, mse) of the render of `params` against `image` [H, W, 3] under `config`.
+               capacity: int | None = None, loss_fn=None):
+    """(loss, mse) of the render of `params` against `image` [H, W, 3] under `config`, or
+    under `loss_fn(rendered, image) -> scalar` when given (see `fit`).
 
     `capacity`: the pallas backend's pair capacity (static; see `render`)."""
     h, w = image.shape[:2]
     rendered = render(params, h, w, backend=config.backend, capacity=capacity)
     mse = jnp.mean(jnp.square(rendered - image))
+    if loss_fn is not None:
+        return loss_fn(rendered, image), mse
     if config.loss == "l2":
         return mse, mse
     return losses.smartsplat_loss(rendered, image, config.lambda_l1), mse
@@ -197,17 +200,6 @@ def _floor_scales(raw: jax.Array) -> jax.Array:
     return jnp.where(jnp.abs(raw) < f, jnp.where(raw < 0, -f, f), raw)
 
 
-def _custom_loss(loss_fn):
-    """A `loss_value` that scores the render with `loss_fn(rendered, image) -> scalar`."""
-
-    def value(params, image, config, capacity=None):
-        h, w = image.shape[:2]
-        rendered = render(params, h, w, backend=config.backend, capacity=capacity)
-        return loss_fn(rendered, image), jnp.mean(jnp.square(rendered - image))
-
-    return value
-
-
 @functools.partial(jax.jit, static_argnames=("config", "capacity", "qat", "loss_fn", "optimizer"))
 def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale, *,
                config: FitConfig, capacity: int | None = None, qat: bool = True,
@@ -224,7 +216,7 @@ def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale
     opacity) the number of (Gaussian, step) pairs whose gradient had a non-finite entry
     (zeroed before the optimizer). `loss_fn`, `optimizer`: see `fit` (None: the config's)."""
     opt = optimizer if optimizer is not None else make_optimizer(config)
-    value = loss_value if loss_fn is None else _custom_loss(loss_fn)
+    value = loss_value if loss_fn is None else functools.partial(loss_value, loss_fn=loss_fn)
     grad_fn = jax.value_and_grad(value, has_aux=True)
     h, w = image.shape[:2]
 
