@@ -85,8 +85,9 @@ def encode_trained(params: P.GaussianParams, history: dict, height: int, width: 
 
 
 def _encode_and_decode(image, params: P.GaussianParams, history: dict, config: FitConfig,
-                       budget: int) -> tuple[bytes, np.ndarray, dict]:
-    """Trained params -> (file bytes, [H, W, 3] render of the decoded file, info).
+                       budget: int, backend: str) -> tuple[bytes, np.ndarray, dict]:
+    """Trained params -> (file bytes, [H, W, 3] render of the decoded file, info), rendered
+    with `backend` (a concrete name).
 
     info is `encode_trained`'s plus psnr_float (the float Gaussians before quantization: at
     the start of the quantization-aware phase, or the trained params when there was none),
@@ -94,11 +95,11 @@ def _encode_and_decode(image, params: P.GaussianParams, history: dict, config: F
     h, w = int(image.shape[0]), int(image.shape[1])
     psnr_float = history.get("psnr_before_qat")
     if psnr_float is None:
-        psnr_float = metrics.psnr(render(params, h, w, backend=config.backend), image)
-    data, enc = encode_trained(params, history, h, w, budget, backend=config.backend)
+        psnr_float = metrics.psnr(render(params, h, w, backend=backend), image)
+    data, enc = encode_trained(params, history, h, w, budget, backend=backend)
     t0 = time.perf_counter()
     decoded, _, _ = codec.decode(data)
-    rendered = np.asarray(render(decoded, h, w, backend=config.backend))
+    rendered = np.asarray(render(decoded, h, w, backend=backend))
     info = {"psnr_float": psnr_float,
             "qat_steps": (config.steps - history["qat_start"]
                           if history.get("qat_start") is not None else 0),
@@ -277,6 +278,7 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
     from smartsplat_jax.train import TrainingDiverged, config_for_method, fit, initialize
 
     config = config_for_method(method, steps=steps, backend=backend, **overrides)
+    resolved = resolve_backend(config.backend)  # once, before anything is compiled
     image = sio.load_image(image_path)
     h, w = image.shape[:2]
     n = gaussians_for_budget(h, w, cr, gaussians)
@@ -288,10 +290,11 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
     try:
         params, history = fit(image, params0, config, progress=progress,
                               workdir=checkpoint_dir, resume=resume, run_info=run_info,
-                              quantizer=BudgetQuantizer(h, w, budget, backend=config.backend))
+                              quantizer=BudgetQuantizer(h, w, budget, backend=resolved))
     except TrainingDiverged as e:
         diverged, params, history = e, e.params, e.history
-    data, rendered, info = _encode_and_decode(image, params, history, config, budget)
+    data, rendered, info = _encode_and_decode(image, params, history, config, budget,
+                                              history.get("backend") or resolved)
     result = {"image": str(image_path), "height": h, "width": w, "cr": float(cr),
               "method": method, "gaussians": gaussians, "num_gaussians": n, "steps": steps,
               "psnr": metrics.psnr(rendered, image), "seconds": time.perf_counter() - t0,
@@ -374,6 +377,7 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
     from smartsplat_jax.train import TrainingDiverged, config_for_method, fit, initialize
 
     config = config_for_method(method, steps=steps, backend=backend, **overrides)
+    resolved = resolve_backend(config.backend)  # once, before anything is compiled
     out = check_workdir(workdir)
     image = sio.load_image(image_path)
     h, w = image.shape[:2]
@@ -390,7 +394,7 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
             out, image, params0, info if method == "smartsplat" else {"num_variational": 0},
             max_points=20000)["psnr"]
     else:
-        init_psnr = metrics.psnr(render(params0, h, w, backend=config.backend), image)
+        init_psnr = metrics.psnr(render(params0, h, w, backend=resolved), image)
 
     budget = byte_budget(h, w, cr)
     run_info = {"method": method, "seed": seed, "cr": float(cr), "gaussians": str(gaussians)}
@@ -398,10 +402,11 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
     try:
         params, history = fit(image, params0, config, workdir=out, resume=resume,
                               run_info=run_info, progress=progress,
-                              quantizer=BudgetQuantizer(h, w, budget, backend=config.backend))
+                              quantizer=BudgetQuantizer(h, w, budget, backend=resolved))
     except TrainingDiverged as e:
         diverged, params, history = e, e.params, e.history
-    data, rendered, info = _encode_and_decode(image, params, history, config, budget)
+    data, rendered, info = _encode_and_decode(image, params, history, config, budget,
+                                              history.get("backend") or resolved)
     try:
         ms = metrics.ms_ssim(rendered, image)
         ms_note = None

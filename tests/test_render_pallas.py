@@ -281,6 +281,27 @@ def test_auto_probe_runs_even_when_first_resolved_inside_jit(monkeypatch):
     assert "probe 48x48" in why and "failed" not in why
 
 
+def test_a_traced_render_with_auto_never_probes(monkeypatch):
+    # "auto" inside a function being traced takes the decision a caller made, or the
+    # probe-free rule; it neither probes nor records a decision while tracing.
+    def no_probe(*a, **k):
+        raise AssertionError("the probe ran")
+
+    monkeypatch.setattr(auto, "_decide", no_probe)
+    monkeypatch.setattr(auto, "_decisions", {})
+    assert auto.traced_choice(_fake_gpu("9.0", "Fake H100")) == "pallas"
+    assert auto.traced_choice(_fake_gpu("7.5", "Tesla T4")) == "xla"
+    assert auto._decisions == {}
+    monkeypatch.setattr(auto, "_decisions", {"gpu:Fake H100": ("xla", "measured")})
+    assert auto.traced_choice(_fake_gpu("9.0", "Fake H100")) == "xla"  # the caller's decision
+
+    monkeypatch.setattr(auto, "_decisions", {})
+    p = scene(1, 6, 12, 10, extras=False)
+    out = jax.jit(lambda q: render(q, 12, 10, backend="auto"))(p)
+    assert auto._decisions == {}
+    np.testing.assert_allclose(out, render_xla(p, 12, 10), rtol=1e-6, atol=1e-7)
+
+
 def test_bad_static_arguments_are_named():
     p = scene(0, 5, 8, 8, extras=False)
     with pytest.raises(ValueError, match="tile=12"):

@@ -98,8 +98,9 @@ DEFAULT_ALLOCATION = Allocation()
 
 
 def _render_fn(height: int, width: int, backend: str):
-    from smartsplat_jax.render import render
+    from smartsplat_jax.render import render, resolve_backend
 
+    backend = resolve_backend(backend, forward_only=True)  # before tracing: renders only
     return jax.jit(lambda p: render(p, height, width, backend=backend))
 
 

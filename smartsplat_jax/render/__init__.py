@@ -20,7 +20,7 @@ import jax
 
 from smartsplat_jax import params as P
 from smartsplat_jax.render import pallas
-from smartsplat_jax.render.auto import auto_backend
+from smartsplat_jax.render.auto import auto_backend, traced_choice
 from smartsplat_jax.render.pallas import pair_capacity, render_pallas
 from smartsplat_jax.render.reference import render_reference
 from smartsplat_jax.render.resize import output_size, rescale_params
@@ -67,7 +67,9 @@ def render(params: P.GaussianParams, height: int, width: int, *, backend: str = 
     Args:
       params: raw Gaussian parameters (N rows); means normalized, scales in pixels.
       height, width: output size in pixels (static).
-      backend: "auto", "xla", "pallas" or "reference" (static).
+      backend: "auto", "xla", "pallas" or "reference" (static). Inside a traced function
+        "auto" takes the choice already made (`resolve_backend`, which callers run first)
+        and never runs the timing probe.
       tile: tile side in pixels (static); None: the backend's default (xla 4, pallas 16).
       chunk: xla backend, pairs per loop step (static); None: `xla.default_chunk()`.
       capacity: pallas backend, length of its pair list (static). None: from the actual
@@ -79,7 +81,10 @@ def render(params: P.GaussianParams, height: int, width: int, *, backend: str = 
     """
     global _warned_interpret
     _check(params, height, width)
-    name = resolve_backend(backend)
+    if backend == "auto" and _is_traced(params):
+        name = traced_choice()  # no probe while tracing (see `render.auto`)
+    else:
+        name = resolve_backend(backend)
     if tile is None:
         tile = pallas.DEFAULT_TILE if name == "pallas" else DEFAULT_TILE
     if name == "pallas":

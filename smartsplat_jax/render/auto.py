@@ -10,6 +10,11 @@ Each decision and its reason is logged once (logger "smartsplat_jax.render", lev
 
 The decision is memoized per device kind. Both backends compute the same image up to float
 rounding, so the memo changes speed, never results.
+
+Callers resolve "auto" once, eagerly, before they compile anything (`train.fit`, the
+pipeline's compress and fit, the CLI and the launchers through them) and pass the concrete
+name down. A render traced with "auto" (a user's own `jax.jit`) never runs the probe: it takes
+the decision already made for the device, or else the probe-free rule of `forward_only`.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import jax.numpy as jnp
 from smartsplat_jax import params as P
 from smartsplat_jax.init.variational import s_base, variational_scales
 
-__all__ = ["auto_backend", "decisions", "median_seconds", "synthetic_scene"]
+__all__ = ["auto_backend", "decisions", "median_seconds", "synthetic_scene", "traced_choice"]
 
 log = logging.getLogger("smartsplat_jax.render")
 
@@ -96,8 +101,7 @@ def _decide(device) -> tuple[str, str]:
                 _time_fwd_bwd("pallas", params, _PROBE_SIZE))
 
     try:
-        # A fresh thread has JAX's trace state clean, so the probe runs eagerly even when
-        # "auto" is first resolved while a caller's function is being traced by jit.
+        # A fresh thread has JAX's trace state clean, so the probe runs eagerly whoever calls.
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             t_xla, t_pallas = pool.submit(measure).result()
     except Exception as e:  # noqa: BLE001 - any failure of the kernels means: use xla
@@ -108,6 +112,15 @@ def _decide(device) -> tuple[str, str]:
     if speed >= _MARGIN:
         return "pallas", f"pallas is {speed:.2f}x faster ({probe})"
     return "xla", f"pallas is not {_MARGIN:g}x faster ({speed:.2f}x; {probe})"
+
+
+def traced_choice(device=None) -> str:
+    """What "auto" means inside a function being traced: the decision already taken for the
+    device (by `auto_backend`), else the probe-free `forward_only` rule. Never probes and
+    never records a decision, so tracing has no side effect."""
+    device = jax.devices()[0] if device is None else device
+    decided = _decisions.get(f"{device.platform}:{device.device_kind}")
+    return decided[0] if decided else auto_backend(device, forward_only=True)
 
 
 def auto_backend(device=None, *, forward_only: bool = False) -> str:
