@@ -29,7 +29,8 @@ from smartsplat_jax.codec.rate import BudgetQuantizer, byte_budget
 from smartsplat_jax.render import pair_capacity, resolve_backend
 from smartsplat_jax.render.auto import median_seconds
 from smartsplat_jax.train import config_for_method, initialize, make_optimizer
-from smartsplat_jax.train.loop import QatSchedule, _run_chunk
+from smartsplat_jax.train.loop import QatSchedule, _run_chunk, compiled_config
+from smartsplat_jax.train.optim import hyperparams
 
 _SIZES = flags.DEFINE_list("sizes", ["256x256@50"], "WIDTHxHEIGHT@CR entries.")
 _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer backend.")
@@ -52,13 +53,13 @@ def _row(size: str) -> dict:
     n = P.num_gaussians(height, width, cr)
     params, _ = initialize("smartsplat", jax.random.PRNGKey(0), np.asarray(image), n)
     config = config_for_method("smartsplat", steps=10 * _CHUNK.value, chunk_steps=_CHUNK.value,
-                               backend=_BACKEND.value)
+                               backend=resolve_backend(_BACKEND.value))
     opt_state = make_optimizer(config).init(params)
     spec, _ = BudgetQuantizer(height, width, byte_budget(height, width, cr),
                               backend=config.backend).plan(params)
     qgrid = grid(spec.check())
-    capacity = (pair_capacity(params, height, width)
-                if resolve_backend(config.backend) == "pallas" else None)
+    capacity = pair_capacity(params, height, width) if config.backend == "pallas" else None
+    hyper, compiled = hyperparams(config), compiled_config(config)
     step0, count = jnp.asarray(0, jnp.int32), jnp.asarray(_CHUNK.value, jnp.int32)
     lr_scale = jnp.asarray(1.0, jnp.float32)
     never = QatSchedule(*(jnp.asarray(config.steps, jnp.int32),) * 2)
@@ -66,14 +67,14 @@ def _row(size: str) -> dict:
 
     def timed(schedule, qat):
         fn = lambda: _run_chunk(params, opt_state, image, qgrid, step0, count, schedule,  # noqa: E731
-                                lr_scale, config=config, capacity=capacity, qat=qat)
+                                lr_scale, hyper, config=compiled, capacity=capacity, qat=qat)
         return 1e3 * median_seconds(fn, repeats=_REPEATS.value) / _CHUNK.value
 
     ms_float = timed(never, False)
     ms_program = timed(never, True)
     ms_qat = timed(always, True)
     return {"size": f"{width}x{height}", "cr": cr, "num_gaussians": n,
-            "backend": resolve_backend(config.backend), "device": jax.devices()[0].device_kind,
+            "backend": config.backend, "device": jax.devices()[0].device_kind,
             "chunk": _CHUNK.value, "ms_per_step_float": ms_float,
             "ms_per_step_qat_program_float_phase": ms_program,
             "ms_per_step_quantization_aware": ms_qat,

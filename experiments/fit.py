@@ -45,7 +45,7 @@ _RESUME = flags.DEFINE_bool("resume", True, "Continue from the workdir's newest 
                             "of the same run (--noresume: delete them and start over).")
 _QAT = flags.DEFINE_integer("qat_steps", None,
                             "How many of the steps, at the end, train through the file's "
-                            "quantizer (default 10%, at least 20).")
+                            "quantizer (default 2 %, 20 to 1,000).")
 
 _TRAIN_FIELDS = ("lambda_l1", "lr_means", "lr_scales", "lr_colors", "lr_rotation",
                  "chunk_steps", "eval_every", "checkpoint_every", "max_retries")

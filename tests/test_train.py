@@ -89,6 +89,75 @@ def test_gaussianimage_config_and_schedule():
         config_for_method("smartsplat", backend="gpu")
 
 
+@pytest.mark.parametrize("name", ["adam", "adan"])
+def test_rate_schedule_matches_optax(name):
+    # The per-group rates with their halving schedule (traced values) against optax's own
+    # transforms with the same rates as constants and exponential_decay(staircase=True).
+    from smartsplat_jax.train.optim import adan
+
+    cfg = config_for_method("smartsplat", optimizer=name, lr_halve_every=3, lr_opacity=1e-2)
+    rates = {g: getattr(cfg, f"lr_{g}") for g in ("means", "scales", "rotation", "colors",
+                                                  "opacity")}
+
+    def oracle_group(lr):
+        sched = optax.exponential_decay(lr, transition_steps=3, decay_rate=0.5, staircase=True)
+        return adan(sched) if name == "adan" else optax.adam(sched, b1=0.9, b2=0.999, eps=1e-15)
+
+    labels = P.GaussianParams(means="means", scales="scales", rotation="rotation",
+                              colors="colors", opacity="opacity")
+    oracle = optax.multi_transform({g: oracle_group(lr) for g, lr in rates.items()}, labels)
+    ours = make_optimizer(cfg)
+    rng = np.random.default_rng(0)
+    p = P.GaussianParams.create(means=rng.normal(size=(4, 2)), scales=rng.normal(size=(4, 2)),
+                                colors=rng.normal(size=(4, 3)), rotation=rng.normal(size=(4, 1)))
+    s_ours, s_oracle = ours.init(p), oracle.init(p)
+    for _ in range(8):
+        g = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), p)
+        u, s_ours = ours.update(g, s_ours, p)
+        v, s_oracle = oracle.update(g, s_oracle, p)
+        for a, b in zip(jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(v)):
+            np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-12)
+
+
+def test_hyperparameters_are_traced_and_auto_is_resolved_first(small_photo, monkeypatch):
+    """Learning rates, their schedule, the loss weight, the colour box, the step count and the
+    host-side fields change a run without compiling another training step; backend "auto" is
+    resolved by `fit` before anything is compiled."""
+    from smartsplat_jax.render import auto
+    from smartsplat_jax.train import loop
+
+    _, img = small_photo
+    h, w = img.shape[:2]
+    p0, _ = initialize("smartsplat", jax.random.PRNGKey(3), img, num_gaussians(h, w, 10))
+    base = dict(steps=20, chunk_steps=10, eval_every=0, checkpoint_every=0)
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["config"].backend)
+        return _run_chunk(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_run_chunk", spy)
+    monkeypatch.setattr(auto, "_decisions", {})
+    ref, hist = fit(img, p0, config_for_method("smartsplat", backend="auto", **base),
+                    progress=False)
+    assert set(seen) == {"xla"} and hist["backend"] == "xla"
+    compiled = _run_chunk._cache_size()
+    runs = {}
+    for key, kw in {"frozen colours": dict(lr_colors=0.0), "halving": dict(lr_halve_every=5),
+                    "lambda": dict(lambda_l1=0.5), "box": dict(color_bounds=(0.3, 0.6)),
+                    "longer": dict(steps=30, eval_every=10, max_retries=1)}.items():
+        runs[key] = fit(img, p0, config_for_method("smartsplat", backend="xla",
+                                                   **{**base, **kw}), progress=False)
+    assert _run_chunk._cache_size() == compiled  # no new training program
+    np.testing.assert_array_equal(runs["frozen colours"][0].colors, p0.colors)
+    assert not np.array_equal(runs["frozen colours"][0].means, p0.means)
+    colors = np.asarray(runs["box"][0].colors)
+    assert colors.min() >= 0.3 and colors.max() <= 0.6
+    for key in ("halving", "lambda"):
+        assert not np.array_equal(runs[key][0].scales, ref.scales), key
+    assert runs["longer"][1]["step"] == [10, 20, 30]
+
+
 def test_short_fit_beats_init(small_photo):
     _, img = small_photo
     h, w = img.shape[:2]

@@ -56,7 +56,7 @@ from smartsplat_jax.render import pair_capacity, render, resolve_backend
 from smartsplat_jax.train.checkpoint import (clear_checkpoints, latest_checkpoint, load_latest,
                                              save_checkpoint)
 from smartsplat_jax.train.config import FitConfig
-from smartsplat_jax.train.optim import make_optimizer
+from smartsplat_jax.train.optim import Hyperparams, hyperparams, make_optimizer
 from smartsplat_jax.train.progress import Progress
 
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "QatSchedule", "FixedQuantizer", "fit",
@@ -179,16 +179,21 @@ def snap(params: P.GaussianParams, qgrid: Grid, height: int, width: int, positio
                           opacity=sel(colors, q.opacity, params.opacity))
 
 
-def _project_colors(params: P.GaussianParams, config: FitConfig) -> P.GaussianParams:
-    if config.color_bounds is None:
-        return params
-    lo, hi = config.color_bounds
-    return params.replace(colors=jnp.clip(params.colors, lo, hi))
+def _project_colors(params: P.GaussianParams, hyper: Hyperparams) -> P.GaussianParams:
+    return params.replace(colors=jnp.clip(params.colors, hyper.color_lo, hyper.color_hi))
 
 
-def _chunk_length(config: FitConfig) -> int:
-    """The static scan length of every chunk (shorter chunks skip their last iterations)."""
-    return min(config.chunk_steps, config.steps)
+# The FitConfig fields a compiled training chunk depends on. Every other field is either a
+# traced value (`train.optim.Hyperparams`: rates, their schedule, the loss weight, the phase
+# factor, the colour box) or read on the host between chunks (steps, phases, evaluation,
+# checkpoints, retries), so changing it never recompiles.
+COMPILED_FIELDS = ("loss", "optimizer", "backend", "chunk_steps")
+
+
+def compiled_config(config: FitConfig) -> FitConfig:
+    """The compile-time part of `config`: its `COMPILED_FIELDS`, every other field at its
+    default (the key `_run_chunk` is compiled for). Resolve backend "auto" first (`fit` does)."""
+    return FitConfig(**{f: getattr(config, f) for f in COMPILED_FIELDS})
 
 
 _GROUP_NAMES = ("means", "scales", "rotation", "colors", "opacity")  # GaussianParams leaf order
@@ -201,21 +206,24 @@ def _floor_scales(raw: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("config", "capacity", "qat", "loss_fn", "optimizer"))
-def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale, *,
+def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale, hyper, *,
                config: FitConfig, capacity: int | None = None, qat: bool = True,
                loss_fn=None, optimizer=None):
-    """`count` (traced, <= `_chunk_length(config)`) optimizer steps from step `step0`,
-    quantization-aware by `schedule` with the quantizer `qgrid`, every update scaled by
-    `lr_scale`. All of these are traced, so a chunk of any length, a new quantizer, a phase
-    switch or a retry at a smaller step never recompiles: a run compiles one program. `qat`
-    False, for runs without a quantizer, leaves the quantization code out.
+    """`count` (traced, <= `config.chunk_steps`) optimizer steps from step `step0`,
+    quantization-aware by `schedule` with the quantizer `qgrid`, with the hyperparameters
+    `hyper` (`train.optim.Hyperparams`), every update scaled by `lr_scale`. All of these are
+    traced, so a chunk of any length, a new quantizer, a phase switch, new learning rates or
+    a retry at a smaller step never recompiles: a run compiles one program. `config` is the
+    static part (`compiled_config`). `qat` False, for runs without a quantizer, leaves the
+    quantization code out.
 
     Returns (params, opt_state, losses [L], mses [L], finite, bad) with L =
-    `_chunk_length(config)` (entries from `count` on are 0), finite: every parameter is
+    `config.chunk_steps` (entries from `count` on are 0), finite: every parameter is
     finite at the end, bad: [5] int32, per attribute (means, scales, rotation, colors,
     opacity) the number of (Gaussian, step) pairs whose gradient had a non-finite entry
     (zeroed before the optimizer). `loss_fn`, `optimizer`: see `fit` (None: the config's)."""
-    opt = optimizer if optimizer is not None else make_optimizer(config)
+    opt = optimizer if optimizer is not None else make_optimizer(config, hyper)
+    config = dataclasses.replace(config, lambda_l1=hyper.lambda_l1)  # traced inside the step
     value = loss_value if loss_fn is None else functools.partial(loss_value, loss_fn=loss_fn)
     grad_fn = jax.value_and_grad(value, has_aux=True)
     h, w = image.shape[:2]
@@ -232,14 +240,14 @@ def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale
             [jnp.where(m, jnp.zeros_like(g), g)
              for g, m in zip(jax.tree_util.tree_leaves(grads), nonfinite)])
         updates, new_s = opt.update(grads, s, p)
-        lr = lr_scale if not qat else lr_scale * jnp.where(on_pos, config.qat_lr_scale, 1.0)
+        lr = lr_scale if not qat else lr_scale * jnp.where(on_pos, hyper.qat_lr_scale, 1.0)
         updates = jax.tree_util.tree_map(lambda u: u * lr.astype(u.dtype), updates)
         if qat:
             keep = lambda flag, u: jnp.where(flag, jnp.zeros_like(u), u)  # noqa: E731  frozen
             updates = updates.replace(means=keep(on_pos, updates.means),
                                       scales=keep(on_geo, updates.scales),
                                       rotation=keep(on_geo, updates.rotation))
-        new_p = _project_colors(optax.apply_updates(p, updates), config)
+        new_p = _project_colors(optax.apply_updates(p, updates), hyper)
         new_p = new_p.replace(scales=_floor_scales(new_p.scales))
         if qat:
             new_p = jax.tree_util.tree_map(lambda a, b: jnp.where(on_pos, a, b),
@@ -258,7 +266,7 @@ def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale
 
     bad0 = jnp.zeros((len(_GROUP_NAMES),), jnp.int32)
     (params, opt_state, bad), (loss, mse) = jax.lax.scan(
-        step, (params, opt_state, bad0), jnp.arange(_chunk_length(config)))
+        step, (params, opt_state, bad0), jnp.arange(config.chunk_steps))
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)]))
     return params, opt_state, loss, mse, finite, bad
 
@@ -302,6 +310,10 @@ _RESUMABLE_CHANGES = ("steps", "qat_steps", "chunk_steps", "eval_every", "checkp
                       "backend", "max_retries", "retry_lr_factor")
 
 
+# The layout of the optimizer state in checkpoints. 2: one direction (Adam/Adan) over all
+# parameters, then per-group rates with their own step count (`train.optim.make_optimizer`).
+_STATE_FORMAT = 2
+
 _START_OVER = ("start over, which deletes them (resume=False; experiments.fit --noresume; "
                "smartsplat compress --restart)")
 
@@ -315,7 +327,8 @@ def run_fingerprint(image, num: int, config: FitConfig, quantizer=None,
     cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUMABLE_CHANGES}
     fp = {"image": hashlib.blake2b(arr.tobytes(), digest_size=16).hexdigest(),
           "size": list(arr.shape[:2]), "num_gaussians": int(num), "config": cfg,
-          "budget": getattr(quantizer, "budget", None), **(run_info or {})}
+          "budget": getattr(quantizer, "budget", None), "state_format": _STATE_FORMAT,
+          **(run_info or {})}
     if isinstance(quantizer, FixedQuantizer):
         fp["quant"] = quantizer.spec.record()
     return json.loads(json.dumps(fp))
@@ -468,6 +481,12 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                         f"{ckpt_dir} holds checkpoints without a run fingerprint (written by "
                         "smartsplat-jax before checkpoints recorded which run they belong "
                         f"to); use another workdir, or {_START_OVER}")
+                written = (record["fingerprint"] or {}).get("state_format", 1)
+                if written != _STATE_FORMAT:
+                    raise ValueError(
+                        f"{ckpt_dir} holds checkpoints of training-state format {written} "
+                        f"(written by an older smartsplat-jax); this version resumes format "
+                        f"{_STATE_FORMAT} only; use another workdir, or {_START_OVER}")
                 diff = _differences(record["fingerprint"] or {}, fingerprint)
                 if diff:
                     raise ValueError(
@@ -494,7 +513,11 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                 history["resumed_from"] = step
                 config = _backend_for_resume(record.get("backend"), config, reporter)
                 reporter.message(f"resumed from step {step} ({path})")
-    history["backend"] = resolve_backend(config.backend)
+    # "auto" is resolved here, once, before anything is compiled; the chunks, evaluations and
+    # the quantizer's renders all get the concrete backend.
+    config = dataclasses.replace(config, backend=resolve_backend(config.backend))
+    history["backend"] = config.backend
+    compiled, hyper = compiled_config(config), hyperparams(config)
     spec = QuantSpec.from_record(history["quant"]) if history["quant"] else None
     qgrid = grid(spec or QuantSpec())  # a placeholder until the phase starts
     reporter.start = step
@@ -532,7 +555,7 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
             new_params, new_state, loss, mse, finite, bad_grads = _run_chunk(
                 params, opt_state, img, qgrid, jnp.asarray(step, jnp.int32),
                 jnp.asarray(length, jnp.int32), schedule, jnp.asarray(lr_scale, jnp.float32),
-                config=config, capacity=capacity, qat=qat, loss_fn=loss_fn,
+                hyper, config=compiled, capacity=capacity, qat=qat, loss_fn=loss_fn,
                 optimizer=optimizer)
             loss = jax.device_get(loss)[:length]
             mse = jax.device_get(mse)[:length]

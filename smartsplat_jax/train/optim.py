@@ -1,18 +1,19 @@
-"""The optimizer: an optax transform over labelled parameter groups (SPEC §6), and Adan as
-GaussianImage runs it."""
+"""The optimizer (SPEC §6): a direction (Adam, or Adan as GaussianImage runs it) and a
+learning rate per parameter group, with the step's hyperparameters as traced values."""
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from smartsplat_jax import params as P
 from smartsplat_jax.train.config import FitConfig
 
-__all__ = ["GROUPS", "make_optimizer", "adan", "scale_by_adan", "AdanState"]
+__all__ = ["GROUPS", "Hyperparams", "hyperparams", "learning_rates", "make_optimizer",
+           "direction", "scale_by_group_rates", "adan", "scale_by_adan", "AdanState"]
 
 
 class AdanState(NamedTuple):
@@ -68,29 +69,93 @@ def adan(learning_rate: optax.ScalarOrSchedule, **kwargs) -> optax.GradientTrans
     """GaussianImage's Adan (see `scale_by_adan`) at this rate or schedule (minimising)."""
     return optax.chain(scale_by_adan(**kwargs), optax.scale_by_learning_rate(learning_rate))
 
-GROUPS = ("means", "scales", "rotation", "colors", "opacity")
+GROUPS = ("means", "scales", "rotation", "colors", "opacity")  # GaussianParams' leaf order
 
 
-def _labels() -> P.GaussianParams:
-    return P.GaussianParams(means="means", scales="scales", rotation="rotation",
-                            colors="colors", opacity="opacity")
+class Hyperparams(NamedTuple):
+    """The hyperparameters of a training step that are traced values, not compile-time
+    constants: changing any of them (a learning rate, its schedule, a phase's factor, the
+    loss weight, the colour box) never recompiles the step. Built by `hyperparams(config)`.
 
-
-def make_optimizer(config: FitConfig) -> optax.GradientTransformation:
-    """Adam (beta 0.9/0.999, eps 1e-15) or Adan (`adan`: GaussianImage's, betas 0.98/0.92/0.99,
-    eps 1e-8) per group; a zero rate freezes the group.
-
-    With lr_halve_every = k > 0 every rate is halved each k steps (staircase).
+    Attributes:
+      rates: [5] float32, the base learning rate of each group in `GROUPS` order (means in
+        normalized units, scales in pixels); 0 freezes a group.
+      halve_every: int32 scalar; every rate is halved each this many steps (0: constant).
+      lambda_l1: float32 scalar, the L1 weight of the SmartSplat loss.
+      qat_lr_scale: float32 scalar, the factor on every rate in the quantization-aware phase.
+      color_lo, color_hi: float32 scalars, the box colours are projected into after every
+        update (-inf, inf: no projection).
     """
 
-    def group(lr: float) -> optax.GradientTransformation:
-        if lr == 0:
-            return optax.set_to_zero()
-        sched = lr if not config.lr_halve_every else optax.exponential_decay(
-            lr, transition_steps=config.lr_halve_every, decay_rate=0.5, staircase=True)
-        if config.optimizer == "adan":
-            return adan(sched)
-        return optax.adam(sched, b1=0.9, b2=0.999, eps=1e-15)
+    rates: jax.Array
+    halve_every: jax.Array
+    lambda_l1: jax.Array
+    qat_lr_scale: jax.Array
+    color_lo: jax.Array
+    color_hi: jax.Array
 
-    rates = {g: getattr(config, f"lr_{g}") for g in GROUPS}
-    return optax.multi_transform({g: group(lr) for g, lr in rates.items()}, _labels())
+
+def hyperparams(config: FitConfig) -> Hyperparams:
+    """The traced hyperparameters of `config` (see `Hyperparams`)."""
+    lo, hi = config.color_bounds if config.color_bounds is not None else (-math.inf, math.inf)
+    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    return Hyperparams(rates=f32([getattr(config, f"lr_{g}") for g in GROUPS]),
+                       halve_every=jnp.asarray(config.lr_halve_every, jnp.int32),
+                       lambda_l1=f32(config.lambda_l1), qat_lr_scale=f32(config.qat_lr_scale),
+                       color_lo=f32(lo), color_hi=f32(hi))
+
+
+def learning_rates(hyper: Hyperparams, step: jax.Array) -> jax.Array:
+    """[5] the learning rate of each group at `step` (0-based count of updates taken): the
+    base rates, halved every `halve_every` steps (staircase) when that is > 0."""
+    k = hyper.halve_every
+    halvings = jnp.where(k > 0, step // jnp.maximum(k, 1), 0)
+    return hyper.rates * jnp.exp2(-halvings.astype(jnp.float32))
+
+
+class GroupRatesState(NamedTuple):
+    """The step count of `scale_by_group_rates` (int32 scalar: updates taken)."""
+
+    count: jax.Array
+
+
+def scale_by_group_rates(hyper: Hyperparams) -> optax.GradientTransformation:
+    """Multiplies each group's direction by minus its learning rate at the current step
+    (`learning_rates`); the rates may be traced values."""
+
+    def init(params):
+        del params
+        return GroupRatesState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None):
+        del params
+        rates = learning_rates(hyper, state.count)
+        scaled = updates.replace(**{g: -rates[i].astype(getattr(updates, g).dtype)
+                                    * getattr(updates, g) for i, g in enumerate(GROUPS)})
+        return scaled, GroupRatesState(count=state.count + 1)
+
+    return optax.GradientTransformation(init, update)
+
+
+def direction(optimizer: str) -> optax.GradientTransformation:
+    """The unit-rate direction of an optimizer name: "adam" (beta 0.9/0.999, eps 1e-15, SPEC
+    §6) or "adan" (`scale_by_adan`, GaussianImage's)."""
+    if optimizer == "adan":
+        return scale_by_adan()
+    if optimizer == "adam":
+        return optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-15)
+    raise ValueError(f"optimizer={optimizer!r} must be one of adam, adan")
+
+
+def make_optimizer(config: FitConfig, hyper: Hyperparams | None = None
+                   ) -> optax.GradientTransformation:
+    """Adam (beta 0.9/0.999, eps 1e-15) or Adan (`adan`: GaussianImage's, betas 0.98/0.92/0.99,
+    eps 1e-8) over the whole `GaussianParams`, then each group at its own rate
+    (`scale_by_group_rates`); a zero rate freezes the group.
+
+    With lr_halve_every = k > 0 every rate is halved each k steps (staircase). `hyper`: the
+    traced hyperparameters to use (`fit` passes them so that new rates never recompile);
+    None: `hyperparams(config)`. Only `config.optimizer` is then read from `config`.
+    """
+    hyper = hyperparams(config) if hyper is None else hyper
+    return optax.chain(direction(config.optimizer), scale_by_group_rates(hyper))
