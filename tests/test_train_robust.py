@@ -18,6 +18,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from smartsplat_jax import codec, load_image, metrics, num_gaussians, save_image
@@ -194,6 +195,22 @@ def test_checkpoints_without_a_fingerprint_are_refused_with_their_own_message(ph
     save_checkpoint(tmp_path / "checkpoints", 10, (p0, make_optimizer(cfg).init(p0)),
                     {"history": {}})  # the layout of older releases
     with pytest.raises(ValueError, match="without a run fingerprint.*--noresume"):
+        fit(img, p0, cfg, workdir=tmp_path, progress=False)
+
+
+def test_checkpoints_of_an_older_training_state_are_refused_by_name(photo, tmp_path):
+    from smartsplat_jax.train.checkpoint import save_checkpoint
+    from smartsplat_jax.train.loop import run_fingerprint
+
+    _, img, n = photo
+    p0, _ = initialize("smartsplat", jax.random.PRNGKey(0), img, n)
+    cfg = _cfg(steps=20)
+    old_fp = {k: v for k, v in run_fingerprint(img, n, cfg).items() if k != "state_format"}
+    labels = P.GaussianParams(means="a", scales="a", rotation="a", colors="a", opacity="z")
+    old_opt = optax.multi_transform({"a": optax.adam(1e-3), "z": optax.set_to_zero()}, labels)
+    save_checkpoint(tmp_path / "checkpoints", 10, (p0, old_opt.init(p0)),
+                    {"history": {}, "fingerprint": old_fp})  # format 1's optimizer layout
+    with pytest.raises(ValueError, match="training-state format 1.*format 2.*--noresume"):
         fit(img, p0, cfg, workdir=tmp_path, progress=False)
 
 
