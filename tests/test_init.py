@@ -1,6 +1,7 @@
 """smartsplat_jax.init: each stage of SPEC §4 against hand values or brute-force oracles."""
 
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -219,13 +220,31 @@ def _median_brute(img, xy, s):
     return np.array(out)
 
 
-def test_weighted_median_matches_brute_force():
+@pytest.mark.parametrize("offset", [0.0, -0.5])  # -0.5: negative samples sort right too
+def test_weighted_median_matches_brute_force(offset):
     rng = np.random.default_rng(4)
-    img = rng.random((30, 40, 3)).astype(np.float32)
+    img = rng.random((30, 40, 3)).astype(np.float32) + np.float32(offset)
+    img[:6, :8] = 0.25  # flat: ties (the other samples straddle 0 when offset < 0)
     xy = np.c_[rng.uniform(-2, 42, 50), rng.uniform(-2, 32, 50)]
+    xy[:5] = [[3.0, 2.0], [1.5, 2.5], [4.0, 4.0], [2.0, 1.0], [0.0, 0.0]]
     s = rng.uniform(0.2, 6.0, 50)
+    s[:5] = [0.5, 1.0, 0.8, 0.3, 2.0]
     got = colors.weighted_median_colors(jnp.asarray(img), xy, s, chunk=16)
     np.testing.assert_allclose(got, _median_brute(img, xy, s), atol=1e-5)
+    np.testing.assert_array_equal(got[:4], 0.25)
+
+
+def test_smart_init_is_pinned():
+    """The initialization of a fixed crop, key and N equals the stored one (written before
+    the initialization was sped up); only float rounding may differ."""
+    from smartsplat_jax import DEMO_IMAGE, load_image
+
+    img = load_image(DEMO_IMAGE)[100:260, 200:440]
+    p, info = smart_init(jax.random.PRNGKey(11), img, P.num_gaussians(160, 240, 20), tile=64)
+    ref = np.load(Path(__file__).parent / "data" / "smart_init_demo_160x240_cr20_key11.npz")
+    assert info["num_gaussians"] == 822 and info["num_variational"] == 575
+    for name in ref.files:
+        np.testing.assert_allclose(getattr(p, name), ref[name], rtol=0, atol=3e-7, err_msg=name)
 
 
 # ---- the whole initialization ----------------------------------------------------------------

@@ -11,6 +11,8 @@ Points are processed in chunks, so memory is O(chunk * 69) beyond the image.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,16 +47,35 @@ def bilinear(image: jax.Array, xy: jax.Array) -> jax.Array:
     return top * (1 - fy) + bottom * fy
 
 
+def _flip(b: jax.Array) -> jax.Array:
+    """Maps float32 bit patterns (as int32) to int32 keys in the floats' order, and back."""
+    return b ^ ((b >> 31) & 0x7FFFFFFF)
+
+
 @jax.jit
 def _chunk_median(image, xy, scale):
-    """[P, C] weighted medians for P Gaussians (see the module docstring)."""
+    """[P, C] weighted medians for P Gaussians (see the module docstring).
+
+    The median is the smallest sample v whose cumulative weight W(v) = sum of the weights of
+    the samples <= v reaches half the total. The samples alone are sorted (as int32 keys: a
+    single-operand integer sort, several times faster on CPU than sorting values with their
+    weights), then a bisection over the sorted positions finds the first v with W(v) >= 1/2
+    (W is non-decreasing along them), each probe summing the weights directly: ceil(log2 T)
+    probes of T taps. The result is the cumulative-sum definition's, up to float rounding."""
     pos = xy[:, None, :] + jnp.asarray(TAPS)[None] * (scale[:, None, None] / 4.0)  # [P, T, 2]
     samples = jnp.swapaxes(bilinear(image, pos), 1, 2)  # [P, C, T]
-    wts = jnp.broadcast_to(jnp.asarray(TAP_WEIGHTS), samples.shape)
-    vals, wts = jax.lax.sort((samples, wts), dimension=2, num_keys=1)  # weights ride along
-    cum = jnp.cumsum(wts, axis=2) / float(TAP_WEIGHTS.sum())
-    first = jnp.argmax(cum >= 0.5 - 1e-6, axis=2)  # [P, C]
-    return jnp.take_along_axis(vals, first[:, :, None], axis=2)[:, :, 0]
+    taps = samples.shape[-1]
+    wts = jnp.asarray(TAP_WEIGHTS / TAP_WEIGHTS.sum())
+    keys = jnp.sort(_flip(jax.lax.bitcast_convert_type(samples, jnp.int32)), axis=-1)
+    ordered = jax.lax.bitcast_convert_type(_flip(keys), jnp.float32)  # the samples, ascending
+    lo = jnp.zeros(samples.shape[:2], jnp.int32)
+    hi = jnp.full(samples.shape[:2], taps - 1, jnp.int32)  # W(largest) = 1: always reaches
+    for _ in range(max(1, math.ceil(math.log2(taps)))):
+        mid = (lo + hi) // 2
+        v = jnp.take_along_axis(ordered, mid[..., None], axis=-1)
+        reached = jnp.sum(jnp.where(samples <= v, wts, 0.0), axis=-1) >= 0.5 - 1e-6
+        hi, lo = jnp.where(reached, mid, hi), jnp.where(reached, lo, mid + 1)
+    return jnp.take_along_axis(ordered, lo[..., None], axis=-1)[..., 0]
 
 
 def weighted_median_colors(image: jax.Array, xy: np.ndarray, scale: np.ndarray, *,

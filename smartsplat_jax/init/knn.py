@@ -6,8 +6,8 @@ neighbour (distance 0), so the sum runs over x and its K - 1 nearest other point
 |X| < K the mean runs over all of X.
 
 Exact, via a grid with cells of the mean spacing sqrt(HW / |X|): rings of cells at growing
-Chebyshev distance R are scanned until every query's (K-1)-th best distance is <= R * cell
-(no unscanned point can then be closer). Each cell is read whole (its largest occupancy is the
+Chebyshev distance R are scanned, each query until its (K-1)-th best distance is <= R * cell
+(no unscanned point can then be closer); each ring reads only the queries still open. Each cell is read whole (its largest occupancy is the
 static bound), and queries are processed in chunks, so memory is O(|X| + chunk * cells * occ).
 """
 
@@ -65,18 +65,23 @@ def knn_scales(xy: np.ndarray, query_index: np.ndarray, height: int, width: int,
     kk = min(k, m)
     out = np.empty(nq, np.float32)
     size = min(chunk, G.pow2_ceil(nq))
+    cell2 = lambda r: (r * spec.cell) ** 2  # noqa: E731
+    last_ring = max(spec.ncx, spec.ncy) + 1  # covers the whole grid
     for c0 in range(0, nq, size):
-        qi = np.resize(query_index[c0 : c0 + size], size)  # pad by repetition
-        q_xy, q_idx = pts[qi], jnp.asarray(qi)
-        best = jnp.full((size, kk - 1), jnp.inf, jnp.float32)
-        radius = 0
-        while True:
-            best = _ring(best, q_xy, q_idx, pts, sorted_ids, order, spec.traced(),
-                         jnp.asarray(G.ring_offsets(radius)), occ=occ, k=kk)
-            worst = float(jnp.max(best[:, -1]))
-            if worst <= (radius * spec.cell) ** 2 or radius > max(spec.ncx, spec.ncy):
-                break
-            radius += 1
         n_real = min(size, nq - c0)
-        out[c0 : c0 + n_real] = np.sqrt(np.sum(np.asarray(best[:n_real]), axis=1) / kk)
+        qi = query_index[c0 : c0 + n_real]
+        best = np.full((n_real, kk - 1), np.inf, np.float32)
+        active = np.arange(n_real)  # the queries whose k-1 best may still improve
+        for radius in range(last_ring + 1):
+            # Only the open queries read the next ring (padded by repetition to a power of
+            # two, so that few sizes are compiled): most close within two rings.
+            sel = np.resize(active, G.pow2_ceil(active.size))
+            got = np.asarray(_ring(jnp.asarray(best[sel]), pts[qi[sel]], jnp.asarray(qi[sel]),
+                                   pts, sorted_ids, order, spec.traced(),
+                                   jnp.asarray(G.ring_offsets(radius)), occ=occ, k=kk))
+            best[active] = got[: active.size]
+            active = active[best[active, -1] > cell2(radius)]
+            if active.size == 0:
+                break
+        out[c0 : c0 + n_real] = np.sqrt(np.sum(best, axis=1) / kk)
     return out
