@@ -35,7 +35,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _IMAGE = flags.DEFINE_string("image", None, "Image file (default: the bundled demo image).")
 _CR = flags.DEFINE_float("cr", None, "Target compression ratio.")
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps.")
-_METHOD = flags.DEFINE_string("method", None, "smartsplat | random | gaussianimage-rs.")
+_METHOD = flags.DEFINE_string("method", None, "smartsplat | random | gaussianimage-rs | "
+                              "gaussianimage-cholesky.")
 _BACKEND = flags.DEFINE_string("backend", None, "Renderer backend: auto | xla | pallas | reference.")
 _SEED = flags.DEFINE_integer("seed", None, "PRNG seed of the initialization.")
 _GAUSSIANS = flags.DEFINE_string("gaussians", None, "paper | N: how many Gaussians the "

@@ -26,6 +26,8 @@ __all__ = [
     "BYTES_PER_GAUSSIAN",
     "SCALE_FLOOR",
     "GaussianParams",
+    "CholeskyParams",
+    "cholesky_factor",
     "num_gaussians",
     "cr_range",
     "scale_activation",
@@ -100,6 +102,79 @@ class GaussianParams:
 jax.tree_util.register_dataclass(
     GaussianParams, data_fields=["means", "scales", "rotation", "colors", "opacity"],
     meta_fields=[])
+
+
+@dataclasses.dataclass(frozen=True)
+class CholeskyParams:
+    """N 2D Gaussians in GaussianImage's Cholesky parameterisation (GaussianImage, Zhang et
+    al., ECCV 2024, Sec. 3.1; the authors' `gaussianimage_cholesky.py`); a JAX pytree that
+    every renderer and `train.fit` take in place of `GaussianParams`.
+
+    Attributes:
+      means: [N, 2] normalized (x, y), as in `GaussianParams`.
+      cholesky: [N, 3] raw (l11, l21, l22) in pixels: Sigma = L L^T with
+        L = [[l11, 0], [l21, l22]] (`cholesky_factor` floors |l11| and |l22| at
+        SCALE_FLOOR, so Sigma is never singular).
+      colors: [N, 3] RGB, no activation.
+      opacity: [N, 1], 1 (not trained).
+
+    The file format stores scales and angles: `to_gaussian_params` converts exactly (the
+    eigen-decomposition of Sigma; not differentiated).
+    """
+
+    means: jax.Array
+    cholesky: jax.Array
+    colors: jax.Array
+    opacity: jax.Array
+
+    def replace(self, **changes) -> "CholeskyParams":
+        """A copy with these fields replaced (`dataclasses.replace`)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def num(self) -> int:
+        """N, the number of Gaussians."""
+        return self.means.shape[0]
+
+    def validate(self) -> "CholeskyParams":
+        """Checks the field shapes agree; returns self. Raises ValueError naming the field."""
+        n = self.means.shape[0] if getattr(self.means, "ndim", 0) >= 1 else None
+        for name, width in {"means": 2, "cholesky": 3, "colors": 3, "opacity": 1}.items():
+            shape = tuple(getattr(self, name).shape)
+            if shape != (n, width):
+                raise ValueError(f"CholeskyParams.{name} has shape {shape}; expected "
+                                 f"({n}, {width}) for N = {n} Gaussians")
+        return self
+
+    def to_gaussian_params(self) -> GaussianParams:
+        """The same Gaussians as `GaussianParams` (scales along the principal axes, major
+        first, and the angle of the major axis), up to float rounding, except that a minor
+        axis below SCALE_FLOOR (possible here: the floor bounds L's diagonal, not Sigma's
+        eigenvalues) is raised to it, as every `GaussianParams` renderer does."""
+        l11, l21, l22 = cholesky_factor(self.cholesky)
+        a, b, c = l11 * l11, l11 * l21, l21 * l21 + l22 * l22  # Sigma = [[a, b], [b, c]]
+        half, mean = 0.5 * (a - c), 0.5 * (a + c)
+        lam1 = mean + jnp.hypot(half, b)
+        lam2 = (l11 * l22) ** 2 / lam1  # det / lam1: no cancellation
+        theta = 0.5 * jnp.arctan2(b, half)  # the major axis, in (-pi/2, pi/2]
+        theta = jnp.where(theta <= 0, theta + jnp.pi, theta)  # (0, pi]: inside (0, 2pi)
+        scales = jnp.stack([jnp.sqrt(lam1), jnp.sqrt(lam2)], -1)
+        scales = jnp.maximum(scales, jnp.asarray(SCALE_FLOOR, scales.dtype))
+        return GaussianParams(means=self.means, scales=scales.astype(self.means.dtype),
+                              rotation=angle_to_raw(theta)[:, None].astype(self.means.dtype),
+                              colors=self.colors, opacity=self.opacity)
+
+
+jax.tree_util.register_dataclass(
+    CholeskyParams, data_fields=["means", "cholesky", "colors", "opacity"], meta_fields=[])
+
+
+def cholesky_factor(raw: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """[N, 3] raw (l11, l21, l22) -> (l11, l21, l22), each [N], with |l11| and |l22| at least
+    SCALE_FLOOR (sign kept; 0 goes to +floor), in pixels."""
+    f = jnp.asarray(SCALE_FLOOR, raw.dtype)
+    floor = lambda v: jnp.where(jnp.abs(v) < f, jnp.where(v < 0, -f, f), v)  # noqa: E731
+    return floor(raw[:, 0]), raw[:, 1], floor(raw[:, 2])
 
 
 def scale_activation(raw_scales: jax.Array) -> jax.Array:

@@ -84,6 +84,20 @@ def encode_trained(params: P.GaussianParams, history: dict, height: int, width: 
                   "quantization_aware": bool(record), "encode_seconds": time.perf_counter() - t0}
 
 
+def _quantizer(params, height: int, width: int, budget: int, backend: str):
+    """The file's quantizer for quantization-aware training; None for `CholeskyParams`
+    (GaussianImage's Cholesky model trains in float and is converted, then quantized, after
+    training, as its authors' representation experiments do)."""
+    if isinstance(params, P.CholeskyParams):
+        return None
+    return BudgetQuantizer(height, width, budget, backend=backend)
+
+
+def _as_gaussian(params) -> P.GaussianParams:
+    """`params` as GaussianParams (the file's scales and angles)."""
+    return params.to_gaussian_params() if isinstance(params, P.CholeskyParams) else params
+
+
 def _encode_and_decode(image, params: P.GaussianParams, history: dict, config: FitConfig,
                        budget: int, backend: str) -> tuple[bytes, np.ndarray, dict]:
     """Trained params -> (file bytes, [H, W, 3] render of the decoded file, info), rendered
@@ -290,9 +304,10 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
     try:
         params, history = fit(image, params0, config, progress=progress,
                               workdir=checkpoint_dir, resume=resume, run_info=run_info,
-                              quantizer=BudgetQuantizer(h, w, budget, backend=resolved))
+                              quantizer=_quantizer(params0, h, w, budget, resolved))
     except TrainingDiverged as e:
         diverged, params, history = e, e.params, e.history
+    params = _as_gaussian(params)
     data, rendered, info = _encode_and_decode(image, params, history, config, budget,
                                               history.get("backend") or resolved)
     result = {"image": str(image_path), "height": h, "width": w, "cr": float(cr),
@@ -354,7 +369,7 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
       image_path: the image file.
       workdir: output folder (created).
       cr: target compression ratio: the file has at most floor(3 H W / CR) bytes.
-      method: "smartsplat", "random" or "gaussianimage-rs".
+      method: "smartsplat", "random", "gaussianimage-rs" or "gaussianimage-cholesky".
       steps: training steps.
       backend: renderer backend.
       seed: PRNG seed of the initialization.
@@ -391,7 +406,8 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
         from smartsplat_jax.viz import save_init_visualization
 
         init_psnr = save_init_visualization(
-            out, image, params0, info if method == "smartsplat" else {"num_variational": 0},
+            out, image, _as_gaussian(params0),
+            info if method == "smartsplat" else {"num_variational": 0},
             max_points=20000)["psnr"]
     else:
         init_psnr = metrics.psnr(render(params0, h, w, backend=resolved), image)
@@ -402,9 +418,10 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
     try:
         params, history = fit(image, params0, config, workdir=out, resume=resume,
                               run_info=run_info, progress=progress,
-                              quantizer=BudgetQuantizer(h, w, budget, backend=resolved))
+                              quantizer=_quantizer(params0, h, w, budget, resolved))
     except TrainingDiverged as e:
         diverged, params, history = e, e.params, e.history
+    params = _as_gaussian(params)
     data, rendered, info = _encode_and_decode(image, params, history, config, budget,
                                               history.get("backend") or resolved)
     try:

@@ -178,3 +178,61 @@ def test_public_functions_shapes_and_dtypes():
     q = rescale_params(p, (12, 20), (24, 30))
     chex.assert_trees_all_equal_shapes_and_dtypes(q, p)
     assert isinstance(pair_count(p, 12, 20), int) and pair_count(p, 12, 20) == int(proj.counts.sum())
+
+
+# ---- GaussianImage's Cholesky parameterisation -------------------------------------------------
+
+
+def _cholesky_scene(seed, n, dtype=jnp.float32):
+    """Random CholeskyParams: factors of either sign, two isotropic (l21 = 0, l11 = l22),
+    colours outside [0, 1]."""
+    rng = np.random.default_rng(seed)
+    chol = rng.uniform(0.3, 3.0, (n, 3)) * rng.choice([-1.0, 1.0], (n, 3))
+    chol[:2] = [[1.5, 0.0, 1.5], [2.0, 0.0, -2.0]]
+    return P.CholeskyParams(means=jnp.asarray(rng.uniform(-1.1, 1.1, (n, 2)), dtype),
+                            cholesky=jnp.asarray(chol, dtype),
+                            colors=jnp.asarray(rng.uniform(-0.2, 1.2, (n, 3)), dtype),
+                            opacity=jnp.asarray(rng.uniform(0.5, 1.0, (n, 1)), dtype))
+
+
+def test_cholesky_params_render_as_their_scales_and_angles():
+    h, w = 21, 26
+    cp = _cholesky_scene(0, 60)
+    gp = cp.to_gaussian_params()
+    l11, l21, l22 = P.cholesky_factor(cp.cholesky)
+    lower = jnp.stack([jnp.stack([l11, jnp.zeros_like(l11)], -1), jnp.stack([l21, l22], -1)], -2)
+    sigma = lower @ jnp.swapaxes(lower, -1, -2)
+    np.testing.assert_allclose(P.covariance(gp), sigma, rtol=2e-5, atol=1e-6)
+    assert bool(jnp.all(gp.scales[:, 0] >= gp.scales[:, 1]))  # major axis first
+    # A needle (|l22| below the floor): its minor axis is raised to the floor, as the file and
+    # every GaussianParams renderer have it.
+    needle = P.CholeskyParams(means=jnp.zeros((1, 2)), cholesky=jnp.asarray([[0.7, 2.5, 1e-4]]),
+                              colors=jnp.ones((1, 3)), opacity=jnp.ones((1, 1)))
+    s_needle = needle.to_gaussian_params().scales
+    assert float(s_needle[0, 1]) == P.SCALE_FLOOR
+    lower = np.array([[0.7, 0.0], [2.5, P.SCALE_FLOOR]])  # l22 on the floor
+    major = np.sqrt(np.linalg.eigvalsh(lower @ lower.T)[-1])
+    np.testing.assert_allclose(float(s_needle[0, 0]), major, rtol=1e-6)
+    for backend in ("reference", "xla"):
+        np.testing.assert_allclose(render(cp, h, w, backend=backend),
+                                   render(gp, h, w, backend=backend), atol=2e-6, err_msg=backend)
+    np.testing.assert_allclose(render(cp, h, w, backend="xla"),
+                               render_reference(cp, h, w), atol=1e-6)
+
+
+def test_cholesky_gradients_equal_reference_and_finite_differences():
+    with enable_x64():
+        h, w = 13, 17
+        cp = _cholesky_scene(1, 40, jnp.float64)
+        wgt = jnp.asarray(np.random.default_rng(2).normal(size=(h, w, 3)))
+        ga = jax.grad(lambda q: jnp.sum(render_xla(q, h, w, chunk=64) * wgt))(cp)
+        gb = jax.grad(lambda q: jnp.sum(render_reference(q, h, w) * wgt))(cp)
+        chex.assert_trees_all_close(ga, gb, rtol=1e-8, atol=1e-10)
+        # Smooth region: centres off the pixel grid, alphas < 1, factors off the floor.
+        small = P.CholeskyParams(
+            means=jnp.asarray([[-0.31, 0.12], [0.27, -0.43]]),
+            cholesky=jnp.asarray([[1.7, 0.6, 1.2], [-1.4, -0.9, 2.1]]),
+            colors=jnp.asarray([[0.2, 0.5, 0.1], [0.3, 0.1, 0.4]]),
+            opacity=jnp.asarray([[0.7], [0.6]]))
+        check_grads(lambda q: render_xla(q, 9, 11, chunk=16), (small,), order=1,
+                    modes=("rev",), atol=1e-5, rtol=1e-5)

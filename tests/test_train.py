@@ -158,6 +158,36 @@ def test_hyperparameters_are_traced_and_auto_is_resolved_first(small_photo, monk
     assert runs["longer"][1]["step"] == [10, 20, 30]
 
 
+def test_gaussianimage_cholesky_trains_and_makes_a_file(small_photo):
+    """GI-Cholesky: CholeskyParams trained by the same loop (the factor at the scales' rate),
+    in float, then converted and quantized into a file whose decode is what was reported."""
+    from smartsplat_jax.pipeline import compress_image
+    from smartsplat_jax.train import loop
+
+    path, img = small_photo
+    h, w = img.shape[:2]
+    n = num_gaussians(h, w, 20)
+    p0, _ = initialize("gaussianimage-cholesky", jax.random.PRNGKey(0), img, n)
+    assert isinstance(p0, P.CholeskyParams) and p0.cholesky.shape == (n, 3)
+    l11, l21, l22 = np.asarray(p0.cholesky).T
+    assert l11.min() >= 0.5 and l11.max() <= 1.5 and l21.min() >= 0 and l21.max() <= 1
+    cfg = config_for_method("gaussianimage-cholesky", steps=20, chunk_steps=10, eval_every=0,
+                            checkpoint_every=0, backend="xla", lr_scales=0.0)
+    frozen, _ = fit(img, p0, cfg, progress=False)
+    np.testing.assert_array_equal(frozen.cholesky, p0.cholesky)  # lr_scales 0 freezes L
+    assert not np.array_equal(frozen.means, p0.means)
+    with pytest.raises(ValueError, match="needs GaussianParams.*to_gaussian_params"):
+        loop.fit(img, p0, cfg, progress=False,
+                 quantizer=BudgetQuantizer(h, w, byte_budget(h, w, 20), backend="xla"))
+    data, r = compress_image(path, cr=20, method="gaussianimage-cholesky", steps=200,
+                             backend="xla", progress=False, chunk_steps=10, eval_every=0)
+    assert r["num_gaussians"] == n and len(data) <= byte_budget(h, w, 20)
+    init_psnr = metrics.psnr(render(p0, h, w), img)
+    assert r["psnr_float"] > init_psnr + 1.0, (r["psnr_float"], init_psnr)
+    decoded, dh, dw = codec.decode(data)
+    assert metrics.psnr(render(decoded, dh, dw), img) == pytest.approx(r["psnr"], abs=1e-4)
+
+
 def test_short_fit_beats_init(small_photo):
     _, img = small_photo
     h, w = img.shape[:2]

@@ -47,8 +47,9 @@ def _check(params: P.GaussianParams, height, width) -> None:
     for name, v in (("height", height), ("width", width)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}={v!r} must be a positive integer number of pixels")
-    if not isinstance(params, P.GaussianParams):
-        raise TypeError(f"params must be GaussianParams, got {type(params).__name__}")
+    if not isinstance(params, (P.GaussianParams, P.CholeskyParams)):
+        raise TypeError(f"params must be GaussianParams or CholeskyParams, got "
+                        f"{type(params).__name__}")
     params.validate()
 
 

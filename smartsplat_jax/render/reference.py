@@ -26,7 +26,7 @@ def render_reference(params: P.GaussianParams, height: int, width: int,
     """Accumulated-sum render, [H, W, 3], clamped to [0, 1].
 
     Args:
-      params: raw Gaussian parameters, N rows.
+      params: raw Gaussian parameters, N rows (`GaussianParams` or `CholeskyParams`).
       height, width: the image size the normalized means refer to, in pixels.
       sample_xy: optional [H', W', 2] pixel coordinates (x, y) at which to evaluate the
         image instead of the integer pixel grid of height x width (used to test resampling).
@@ -45,14 +45,19 @@ def render_reference(params: P.GaussianParams, height: int, width: int,
                          f"is over {MAX_DENSE_ELEMENTS}; use the 'xla' backend")
     pts = sample_xy.reshape(-1, 2)  # [M, 2]
     mu = P.normalized_to_pixel(params.means, height, width)  # [N, 2]
-    sigma = P.covariance(params)  # [N, 2, 2]
-    s = P.scale_activation(params.scales)
-    valid = jnp.all(jnp.isfinite(sigma), (-2, -1)) & jnp.all(jnp.isfinite(mu), -1)
-    # Cholesky Sigma = L L^T, L = [[l11, 0], [l21, l22]], l22 = sqrt(det) / l11.
-    sxx = jnp.where(valid, sigma[:, 0, 0], 1.0)
-    l11 = jnp.sqrt(sxx)
-    l21 = jnp.where(valid, sigma[:, 1, 0], 0.0) / l11
-    l22 = jnp.where(valid, s[:, 0] * s[:, 1], 1.0) / l11
+    if isinstance(params, P.CholeskyParams):  # L given: Sigma = L L^T
+        valid = jnp.all(jnp.isfinite(params.cholesky), -1) & jnp.all(jnp.isfinite(mu), -1)
+        l11, l21, l22 = P.cholesky_factor(
+            jnp.where(valid[:, None], params.cholesky, jnp.asarray([1.0, 0.0, 1.0])))
+    else:
+        sigma = P.covariance(params)  # [N, 2, 2]
+        s = P.scale_activation(params.scales)
+        valid = jnp.all(jnp.isfinite(sigma), (-2, -1)) & jnp.all(jnp.isfinite(mu), -1)
+        # Cholesky Sigma = L L^T, L = [[l11, 0], [l21, l22]], l22 = sqrt(det) / l11.
+        sxx = jnp.where(valid, sigma[:, 0, 0], 1.0)
+        l11 = jnp.sqrt(sxx)
+        l21 = jnp.where(valid, sigma[:, 1, 0], 0.0) / l11
+        l22 = jnp.where(valid, s[:, 0] * s[:, 1], 1.0) / l11
     d = mu[:, None, :] - pts[None, :, :]  # [N, M, 2]
     d = jnp.where(valid[:, None, None], d, 0.0)
     z1 = d[..., 0] / l11[:, None]

@@ -97,29 +97,41 @@ class Projection(NamedTuple):
 
 def project(params: P.GaussianParams, height: int, width: int,
             tile: int = DEFAULT_TILE) -> Projection:
-    """Projects raw parameters to rasterizer features and tile ranges (see module docstring)."""
+    """Projects raw parameters (`GaussianParams`, or `CholeskyParams` whose whitening is
+    L^-1 directly) to rasterizer features and tile ranges (see module docstring)."""
     mu = P.normalized_to_pixel(params.means, height, width)  # [N, 2] pixels
-    s = P.scale_activation(params.scales)
-    theta = P.rotation_angle(params.rotation)[:, 0]
-    cos, sin = jnp.cos(theta), jnp.sin(theta)
     opacity = params.opacity[:, 0]
-    valid = (s[:, 0] > 0) & (s[:, 1] > 0) & (opacity > ALPHA_MIN)
-    valid &= jnp.all(jnp.isfinite(mu), -1) & jnp.all(jnp.isfinite(s), -1) & jnp.isfinite(theta)
-    valid &= jnp.all(jnp.isfinite(params.colors), -1) & jnp.isfinite(opacity)
-    # Whitening M = S^-1 R^T (see the module docstring): sigma = 0.5 |M d|^2 >= 0.
-    safe_s = jnp.where(valid[:, None], s, 1.0)
-    ix, iy = 1.0 / safe_s[:, 0], 1.0 / safe_s[:, 1]
-    whiten = jnp.stack([cos * ix, sin * ix, -sin * iy, cos * iy], -1)
+    valid = (opacity > ALPHA_MIN) & jnp.isfinite(opacity) & jnp.all(jnp.isfinite(mu), -1)
+    valid &= jnp.all(jnp.isfinite(params.colors), -1)
+    if isinstance(params, P.CholeskyParams):
+        # Sigma = L L^T, so M = L^-1 = [[1/l11, 0], [-l21/(l11 l22), 1/l22]] whitens.
+        valid &= jnp.all(jnp.isfinite(params.cholesky), -1)
+        safe = jnp.where(valid[:, None], params.cholesky, jnp.asarray([1.0, 0.0, 1.0]))
+        l11, l21, l22 = P.cholesky_factor(safe)
+        whiten = jnp.stack([1.0 / l11, jnp.zeros_like(l11), -l21 / (l11 * l22), 1.0 / l22], -1)
+        l11, l21, l22 = (jax.lax.stop_gradient(v) for v in (l11, l21, l22))
+        var_x, var_y = l11 * l11, l21 * l21 + l22 * l22  # Sigma_xx, Sigma_yy
+    else:
+        s = P.scale_activation(params.scales)
+        theta = P.rotation_angle(params.rotation)[:, 0]
+        cos, sin = jnp.cos(theta), jnp.sin(theta)
+        valid &= (s[:, 0] > 0) & (s[:, 1] > 0) & jnp.all(jnp.isfinite(s), -1)
+        valid &= jnp.isfinite(theta)
+        # Whitening M = S^-1 R^T (see the module docstring): sigma = 0.5 |M d|^2 >= 0.
+        safe_s = jnp.where(valid[:, None], s, 1.0)
+        ix, iy = 1.0 / safe_s[:, 0], 1.0 / safe_s[:, 1]
+        whiten = jnp.stack([cos * ix, sin * ix, -sin * iy, cos * iy], -1)
+        sx2 = jax.lax.stop_gradient(safe_s[:, 0] ** 2)
+        sy2 = jax.lax.stop_gradient(safe_s[:, 1] ** 2)
+        cs2 = jax.lax.stop_gradient(cos * cos)
+        sn2 = jax.lax.stop_gradient(sin * sin)
+        var_x = cs2 * sx2 + sn2 * sy2  # Sigma_xx
+        var_y = sn2 * sx2 + cs2 * sy2  # Sigma_yy
     feats = jnp.concatenate([mu, whiten, params.colors, opacity[:, None]], axis=-1)
     feats = jnp.where(valid[:, None], feats, 0.0)
 
     # Integer tile ranges (not differentiated).
     mu_c = jax.lax.stop_gradient(mu)
-    sx2, sy2 = jax.lax.stop_gradient(safe_s[:, 0] ** 2), jax.lax.stop_gradient(safe_s[:, 1] ** 2)
-    cs2 = jax.lax.stop_gradient(cos * cos)
-    sn2 = jax.lax.stop_gradient(sin * sin)
-    var_x = cs2 * sx2 + sn2 * sy2  # Sigma_xx
-    var_y = sn2 * sx2 + cs2 * sy2  # Sigma_yy
     tau = 2.0 * jnp.log(jnp.maximum(255.0 * jax.lax.stop_gradient(opacity), 1.0))
     ex = jnp.sqrt(tau * var_x) * (1.0 + _BOX_REL) + _BOX_ABS
     ey = jnp.sqrt(tau * var_y) * (1.0 + _BOX_REL) + _BOX_ABS

@@ -7,7 +7,7 @@ import math
 
 __all__ = ["METHODS", "FitConfig", "config_for_method", "default_qat_steps"]
 
-METHODS = ("smartsplat", "random", "gaussianimage-rs")
+METHODS = ("smartsplat", "random", "gaussianimage-rs", "gaussianimage-cholesky")
 LOSSES = ("smartsplat", "l2")
 OPTIMIZERS = ("adam", "adan")
 
@@ -129,13 +129,14 @@ def config_for_method(method: str, **overrides) -> FitConfig:
     """The training configuration of a method (SPEC §6, §10), with overrides.
 
     smartsplat / random: SmartSplat's loss and Adam with per-group rates (they differ only in
-    the initialization). gaussianimage-rs: L2 loss, Adan with rate 1e-3 for every group,
-    halved every 20,000 steps, as the authors ran GaussianImage.
+    the initialization). gaussianimage-rs and gaussianimage-cholesky: L2 loss, Adan with
+    rate 1e-3 for every group, halved every 20,000 steps, as the authors ran GaussianImage
+    (`train.py`, `optimizer.py`; the Cholesky factor takes lr_scales).
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} must be one of {', '.join(METHODS)}")
     base = {}
-    if method == "gaussianimage-rs":
+    if method in ("gaussianimage-rs", "gaussianimage-cholesky"):
         base = dict(loss="l2", optimizer="adan", lr_means=1e-3, lr_scales=1e-3, lr_colors=1e-3,
                     lr_rotation=1e-3, lr_opacity=0.0, lr_halve_every=20_000)
     base.update(overrides)

@@ -196,13 +196,23 @@ def compiled_config(config: FitConfig) -> FitConfig:
     return FitConfig(**{f: getattr(config, f) for f in COMPILED_FIELDS})
 
 
-_GROUP_NAMES = ("means", "scales", "rotation", "colors", "opacity")  # GaussianParams leaf order
+def _leaf_names(params) -> tuple[str, ...]:
+    """The parameter pytree's field names, in leaf order."""
+    return tuple(f.name for f in dataclasses.fields(params))
 
 
 def _floor_scales(raw: jax.Array) -> jax.Array:
     """Raw scales with |raw| >= SCALE_FLOOR, sign kept (0 goes to +floor)."""
     f = jnp.asarray(P.SCALE_FLOOR, raw.dtype)
     return jnp.where(jnp.abs(raw) < f, jnp.where(raw < 0, -f, f), raw)
+
+
+def _floor_covariance(params):
+    """Scales (or the Cholesky diagonal) kept at or above SCALE_FLOOR in magnitude, where the
+    renderers floor them anyway: this keeps their gradient alive."""
+    if isinstance(params, P.CholeskyParams):
+        return params.replace(cholesky=jnp.stack(P.cholesky_factor(params.cholesky), -1))
+    return params.replace(scales=_floor_scales(params.scales))
 
 
 @functools.partial(jax.jit, static_argnames=("config", "capacity", "qat", "loss_fn", "optimizer"))
@@ -219,8 +229,7 @@ def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale
 
     Returns (params, opt_state, losses [L], mses [L], finite, bad) with L =
     `config.chunk_steps` (entries from `count` on are 0), finite: every parameter is
-    finite at the end, bad: [5] int32, per attribute (means, scales, rotation, colors,
-    opacity) the number of (Gaussian, step) pairs whose gradient had a non-finite entry
+    finite at the end, bad: [F] int32, per field of the params (`_leaf_names`) the number of (Gaussian, step) pairs whose gradient had a non-finite entry
     (zeroed before the optimizer). `loss_fn`, `optimizer`: see `fit` (None: the config's)."""
     opt = optimizer if optimizer is not None else make_optimizer(config, hyper)
     config = dataclasses.replace(config, lambda_l1=hyper.lambda_l1)  # traced inside the step
@@ -248,7 +257,7 @@ def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale
                                       scales=keep(on_geo, updates.scales),
                                       rotation=keep(on_geo, updates.rotation))
         new_p = _project_colors(optax.apply_updates(p, updates), hyper)
-        new_p = new_p.replace(scales=_floor_scales(new_p.scales))
+        new_p = _floor_covariance(new_p)
         if qat:
             new_p = jax.tree_util.tree_map(lambda a, b: jnp.where(on_pos, a, b),
                                            project(new_p, qgrid, h, w), new_p)
@@ -264,7 +273,7 @@ def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale
     def step(carry, i):
         return jax.lax.cond(i < count, train_step, skip, carry, step0 + i)
 
-    bad0 = jnp.zeros((len(_GROUP_NAMES),), jnp.int32)
+    bad0 = jnp.zeros((len(_leaf_names(params)),), jnp.int32)
     (params, opt_state, bad), (loss, mse) = jax.lax.scan(
         step, (params, opt_state, bad0), jnp.arange(config.chunk_steps))
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)]))
@@ -449,6 +458,11 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
         raise ValueError(f"quantizer={quantizer!r} must be a codec.QuantSpec, an object with "
                          "plan() and finish() (codec.rate.BudgetQuantizer), or None")
     h, w = int(img.shape[0]), int(img.shape[1])
+    if quantizer is not None and not isinstance(params, P.GaussianParams):
+        raise ValueError(f"quantizer={quantizer!r} needs GaussianParams (the file's scales and "
+                         f"angles), not {type(params).__name__}: train without a quantizer "
+                         "and encode params.to_gaussian_params()")
+    names = _leaf_names(params)
     _check_custom(loss_fn, optimizer, img)
     if loss_fn is not None or optimizer is not None:
         run_info = {**(run_info or {}),
@@ -566,7 +580,7 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                 where = step + (bad[0] + 1 if bad else length)
                 what = (f"the loss became {float(loss[bad[0]])}" if bad
                         else "a parameter became NaN/Inf")
-                grads = _describe_counts(bad_grads)
+                grads = _describe_counts(bad_grads, names)
                 if grads:
                     what += f" (non-finite gradients zeroed: {grads})"
                 if retries < config.max_retries:
@@ -591,9 +605,9 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
             retries, lr_scale = 0, 1.0
             if any(bad_grads):
                 history["nonfinite_grads"].append(
-                    {"from": step, "to": step + length, **dict(zip(_GROUP_NAMES, bad_grads))})
+                    {"from": step, "to": step + length, **dict(zip(names, bad_grads))})
                 reporter.message(f"steps {step}-{step + length}: non-finite gradients zeroed "
-                                 f"for {_describe_counts(bad_grads)} (Gaussian-steps)")
+                                 f"for {_describe_counts(bad_grads, names)} (Gaussian-steps)")
             params, opt_state = new_params, new_state
             first = first or (length, elapsed)
             session_steps += length
@@ -669,8 +683,8 @@ def _check_custom(loss_fn, optimizer, image) -> None:
                          f"{getattr(out, 'shape', out)} {getattr(out, 'dtype', '')}")
 
 
-def _describe_counts(counts) -> str:
-    return ", ".join(f"{name} {c}" for name, c in zip(_GROUP_NAMES, counts) if c)
+def _describe_counts(counts, names) -> str:
+    return ", ".join(f"{name} {c}" for name, c in zip(names, counts) if c)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from smartsplat_jax import params as P
 from smartsplat_jax.init import random_init, smart_init
 from smartsplat_jax.init.smart import check_image, check_num_gaussians
 from smartsplat_jax.train.config import METHODS
 
-__all__ = ["initialize", "gaussianimage_init"]
+__all__ = ["initialize", "gaussianimage_init", "gaussianimage_cholesky_init"]
 
 
 def gaussianimage_init(key: jax.Array, image, num_gaussians: int) -> tuple[P.GaussianParams, dict]:
@@ -27,12 +28,33 @@ def gaussianimage_init(key: jax.Array, image, num_gaussians: int) -> tuple[P.Gau
     return params, {"num_gaussians": n}
 
 
+def gaussianimage_cholesky_init(key: jax.Array, image, num_gaussians: int
+                                ) -> tuple[P.CholeskyParams, dict]:
+    """GaussianImage (Cholesky) as the authors ran it (`gaussianimage_cholesky.py`): means
+    U(-1, 1) (the authors draw them through tanh(atanh(.)), the same distribution); the
+    Cholesky factor (l11, l21, l22) = U(0, 1)^3 + (0.5, 0, 0.5) px, their `cholesky_bound`
+    folded into the raw values (the same function and gradients); colours U(0, 1); opacity 1.
+    Returns `CholeskyParams`."""
+    img = check_image(image)
+    n = check_num_gaussians(num_gaussians, int(img.shape[0]), int(img.shape[1]))
+    k1, k2, k3 = jax.random.split(key, 3)
+    params = P.CholeskyParams(
+        means=jax.random.uniform(k1, (n, 2), minval=-1.0, maxval=1.0),
+        cholesky=jax.random.uniform(k2, (n, 3)) + jnp.asarray([0.5, 0.0, 0.5]),
+        colors=jax.random.uniform(k3, (n, 3)), opacity=jnp.ones((n, 1)))
+    return params, {"num_gaussians": n}
+
+
 def initialize(method: str, key: jax.Array, image, num_gaussians: int):
-    """(params, info) for `method` in METHODS."""
+    """(params, info) for `method` in METHODS: `GaussianParams`, or `CholeskyParams` for
+    gaussianimage-cholesky (`fit` trains either; convert with `to_gaussian_params` to
+    encode)."""
     if method == "smartsplat":
         return smart_init(key, image, num_gaussians)
     if method == "random":
         return random_init(key, image, num_gaussians)
     if method == "gaussianimage-rs":
         return gaussianimage_init(key, image, num_gaussians)
+    if method == "gaussianimage-cholesky":
+        return gaussianimage_cholesky_init(key, image, num_gaussians)
     raise ValueError(f"method={method!r} must be one of {', '.join(METHODS)}")

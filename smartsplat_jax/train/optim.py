@@ -3,6 +3,7 @@ learning rate per parameter group, with the step's hyperparameters as traced val
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import NamedTuple
 
@@ -70,6 +71,9 @@ def adan(learning_rate: optax.ScalarOrSchedule, **kwargs) -> optax.GradientTrans
     return optax.chain(scale_by_adan(**kwargs), optax.scale_by_learning_rate(learning_rate))
 
 GROUPS = ("means", "scales", "rotation", "colors", "opacity")  # GaussianParams' leaf order
+# The rate of each parameter field: CholeskyParams' `cholesky` (the covariance) takes the
+# scales' rate.
+_RATE_INDEX = {**{g: i for i, g in enumerate(GROUPS)}, "cholesky": GROUPS.index("scales")}
 
 
 class Hyperparams(NamedTuple):
@@ -121,7 +125,8 @@ class GroupRatesState(NamedTuple):
 
 def scale_by_group_rates(hyper: Hyperparams) -> optax.GradientTransformation:
     """Multiplies each group's direction by minus its learning rate at the current step
-    (`learning_rates`); the rates may be traced values."""
+    (`learning_rates`); the rates may be traced values. Works on `GaussianParams` and
+    `CholeskyParams` (whose `cholesky` takes the scales' rate)."""
 
     def init(params):
         del params
@@ -130,8 +135,9 @@ def scale_by_group_rates(hyper: Hyperparams) -> optax.GradientTransformation:
     def update(updates, state, params=None):
         del params
         rates = learning_rates(hyper, state.count)
-        scaled = updates.replace(**{g: -rates[i].astype(getattr(updates, g).dtype)
-                                    * getattr(updates, g) for i, g in enumerate(GROUPS)})
+        scaled = updates.replace(**{
+            f.name: -rates[_RATE_INDEX[f.name]].astype(getattr(updates, f.name).dtype)
+            * getattr(updates, f.name) for f in dataclasses.fields(updates)})
         return scaled, GroupRatesState(count=state.count + 1)
 
     return optax.GradientTransformation(init, update)
