@@ -43,3 +43,13 @@ def scene(seed, n, h, w, *, aniso=8.0, min_scale=0.25, extras=True, dtype=jnp.fl
         opac = np.concatenate([opac, np.ones((k, 1)), [[0.5], [1.0]]])
     return P.GaussianParams.create(means=means, scales=scales, colors=colors, rotation=rot,
                                    opacity=opac, dtype=dtype)
+
+
+def smooth_scene(dtype=jnp.float64):
+    """Three Gaussians in a smooth region of the render (centres off the pixel grid, every
+    alpha < 1 on a 9 x 11 image): where finite differences are meaningful."""
+    return P.GaussianParams.create(
+        means=[[-0.31, 0.12], [0.27, -0.43], [0.05, 0.33]],
+        scales=[[1.7, 2.3], [-2.9, 1.1], [1.3, 1.4]],
+        colors=[[0.2, 0.5, 0.1], [0.3, 0.1, 0.4], [0.1, 0.2, 0.2]],
+        rotation=[[0.4], [-1.2], [2.0]], opacity=[[0.7], [0.6], [0.5]], dtype=dtype)

@@ -13,7 +13,7 @@ from smartsplat_jax.render import (pair_count, render, render_reference, render_
                                    rescale_params, resolve_backend)
 from smartsplat_jax.render import xla as X
 
-from helpers import enable_x64, scene
+from helpers import enable_x64, scene, smooth_scene
 
 
 SIZES = [(1, 1), (1, 17), (13, 1), (21, 37), (32, 32), (45, 29)]
@@ -90,12 +90,7 @@ def test_gradients_equal_reference_float32_through_render():
 
 def test_check_grads_tiny_scene():
     with enable_x64():
-        # Smooth region of the function: centres off the pixel grid, all alphas < 1.
-        p = P.GaussianParams.create(
-            means=[[-0.31, 0.12], [0.27, -0.43], [0.05, 0.33]],
-            scales=[[1.7, 2.3], [-2.9, 1.1], [1.3, 1.4]],
-            colors=[[0.2, 0.5, 0.1], [0.3, 0.1, 0.4], [0.1, 0.2, 0.2]],
-            rotation=[[0.4], [-1.2], [2.0]], opacity=[[0.7], [0.6], [0.5]], dtype=jnp.float64)
+        p = smooth_scene()
         f = lambda q: render_xla(q, 9, 11, chunk=16)
         check_grads(f, (p,), order=1, modes=("rev",), atol=1e-5, rtol=1e-5)
 

@@ -12,7 +12,7 @@ from smartsplat_jax import params as P
 from smartsplat_jax.render.blend import (ALPHA_MAX, T_MIN, render_blend,
                                          render_blend_reference)
 
-from helpers import enable_x64, scene
+from helpers import enable_x64, scene, smooth_scene
 
 
 def _opaque_pile(p: P.GaussianParams, h: int, w: int, k: int = 6) -> P.GaussianParams:
@@ -78,13 +78,8 @@ def test_blend_float32_awkward_scene_matches_the_oracle():
 
 def test_blend_check_grads_tiny_scene():
     with enable_x64():
-        p = P.GaussianParams.create(
-            means=[[-0.31, 0.12], [0.27, -0.43], [0.05, 0.33]],
-            scales=[[1.7, 2.3], [-2.9, 1.1], [1.3, 1.4]],
-            colors=[[0.2, 0.5, 0.1], [0.3, 0.1, 0.4], [0.1, 0.2, 0.2]],
-            rotation=[[0.4], [-1.2], [2.0]], opacity=[[0.7], [0.6], [0.5]], dtype=jnp.float64)
-        check_grads(lambda q: render_blend(q, 9, 11, chunk=16, clamp=False), (p,), order=1,
-                    modes=("rev",), atol=1e-5, rtol=1e-5)
+        check_grads(lambda q: render_blend(q, 9, 11, chunk=16, clamp=False), (smooth_scene(),),
+                    order=1, modes=("rev",), atol=1e-5, rtol=1e-5)
 
 
 def test_blend_takes_cholesky_params_and_empty_params():
