@@ -8,6 +8,10 @@ appended to out_dir/results.json. Cells already there are skipped, so a killed b
 continues where it stopped. Writes results.md (per cell and means per CR and method),
 results.csv and results.json.
 
+Each cell runs in its own process (so its memory is its own): peak_rss_gib is that process's
+peak resident memory (from the kernel, wait4), device_peak_gib the accelerator's peak bytes in
+use (None on CPU). The persistent compilation cache makes the later cells' compiles cheap.
+
 Quality columns are those of the decoded .ssplat file (what a user gets); psnr_float is
 before quantization and quant_drop their difference. With --classic=jpeg,webp,avif, each
 (image, CR) also gets rows for those codecs at the same byte size as the first method's file
@@ -19,7 +23,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from absl import app, flags
@@ -41,13 +47,16 @@ _OUT = flags.DEFINE_string("out_dir", "results/benchmark", "Output folder.")
 _CLASSIC = flags.DEFINE_list("classic", [], "Classic codecs at equal bytes: jpeg,webp,avif.")
 _GAUSSIANS = flags.DEFINE_string("gaussians", "paper", "paper | N: how many Gaussians "
                                  "the budget buys (paper: comparable with the paper's tables).")
+_CELL = flags.DEFINE_string("cell", None, "Internal: run one cell described by this JSON in "
+                            "this process and print its metrics as JSON.")
 
 COLUMNS = ("image", "cr", "method", "steps", "num_gaussians", "file_bytes", "bytes_per_gaussian",
            "actual_cr", "psnr", "ssim", "ms_ssim", "psnr_float", "quant_drop", "decode_seconds",
-           "init_psnr", "train_seconds", "it_per_s", "s_per_step", "device")
+           "init_psnr", "train_seconds", "it_per_s", "s_per_step", "peak_rss_gib",
+           "device_peak_gib", "device")
 _MEAN_COLUMNS = ("file_bytes", "bytes_per_gaussian", "actual_cr", "psnr", "ssim", "ms_ssim",
                  "psnr_float", "quant_drop", "decode_seconds", "init_psnr", "train_seconds",
-                 "it_per_s", "s_per_step")
+                 "it_per_s", "s_per_step", "peak_rss_gib", "device_peak_gib")
 def _key(r: dict) -> tuple:
     return (os.path.basename(r["image"]), float(r["cr"]), r["method"], int(r["steps"]))
 
@@ -114,8 +123,48 @@ def classic_rows(image_path: str, cr: float, target: dict, formats: list[str]) -
     return rows
 
 
+def run_cell(spec: dict) -> dict:
+    """One cell in this process: `run_fit`'s metrics plus device_peak_gib."""
+    import jax
+
+    from smartsplat_jax import compile_cache
+
+    compile_cache.enable()
+    r = run_fit(spec["image"], spec["workdir"], cr=spec["cr"], method=spec["method"],
+                steps=spec["steps"], backend=spec["backend"], seed=spec["seed"], resume=True,
+                gaussians=gaussians_value(spec["gaussians"]), visualize=False, eval_every=0,
+                checkpoint_every=0, chunk_steps=min(spec["steps"], 100))
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    r["device_peak_gib"] = None if peak is None else peak / 2**30
+    return r
+
+
+def _run_child(spec: dict) -> tuple[dict | None, float, str]:
+    """(metrics or None, the child's peak RSS in GiB, its error text) of one cell run in a
+    child process."""
+    cmd = [sys.executable, "-m", "experiments.benchmark", f"--cell={json.dumps(spec)}"]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)  # the child's own peak RSS (KiB on Linux)
+        out.seek(0)
+        err.seek(0)
+        text, errors = out.read(), err.read()
+    peak = usage.ru_maxrss / 2**20
+    if os.waitstatus_to_exitcode(status) != 0:
+        return None, peak, (errors.strip().splitlines() or ["no output"])[-1]
+    return json.loads(text.strip().splitlines()[-1]), peak, ""
+
+
 def main(argv):
     del argv
+    if _CELL.value is not None:  # a child: one cell, its metrics on the last stdout line
+        try:
+            r = run_cell(json.loads(_CELL.value))
+        except (ImageError, ValueError, OSError, TrainingDiverged) as e:
+            sys.exit(f"error: {e}")
+        print(json_bytes(r, indent=None).decode())
+        return
     images, crs, out = launcher_inputs(_IMAGES.value, _CLASSIC.value, _CRS.value, _OUT.value,
                                        _STEPS.value)
     bad = [m for m in _METHODS.value if m not in METHODS]
@@ -133,15 +182,14 @@ def main(argv):
                     continue
                 cell = out / "cells" / f"{Path(image).stem}_cr{cr:g}_{method}_{_STEPS.value}"
                 print(f"run: {key}", flush=True)
-                try:
-                    r = run_fit(image, cell, cr=cr, method=method, steps=_STEPS.value,
-                                backend=_BACKEND.value, seed=_SEED.value, resume=True,
-                                gaussians=gaussians_value(_GAUSSIANS.value),
-                                visualize=False, eval_every=0, checkpoint_every=0,
-                                chunk_steps=min(_STEPS.value, 100))
-                except (ImageError, ValueError, OSError, TrainingDiverged) as e:
-                    print(f"  failed: {e}")
+                r, peak, error = _run_child({
+                    "image": image, "workdir": str(cell), "cr": cr, "method": method,
+                    "steps": _STEPS.value, "backend": _BACKEND.value, "seed": _SEED.value,
+                    "gaussians": _GAUSSIANS.value})
+                if r is None:
+                    print(f"  failed: {error}")
                     continue
+                r["peak_rss_gib"] = peak
                 r["s_per_step"] = None if not r.get("it_per_s") else 1.0 / r["it_per_s"]
                 r["quant_drop"] = r["psnr_float"] - r["psnr"]
                 rows.append(r)

@@ -392,6 +392,8 @@ def test_benchmark_launcher_resumes(small_photo, tmp_path):
     assert methods == {"smartsplat", "random", "jpeg@equal-bytes", "webp@equal-bytes"}
     ours = next(r for r in data["cells"] if r["method"] == "smartsplat")
     assert ours["quant_drop"] == pytest.approx(ours["psnr_float"] - ours["psnr"])
+    # Each cell ran in its own process: its peak memory is measured, at least the image's.
+    assert 0.05 < ours["peak_rss_gib"] < 8 and ours["device_peak_gib"] is None
     for r in data["cells"]:
         if r["method"].endswith("equal-bytes"):  # at most the .ssplat file's size
             assert r["file_bytes"] is None or r["file_bytes"] <= ours["file_bytes"]
