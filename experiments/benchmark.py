@@ -12,6 +12,17 @@ Each cell runs in its own process (so its memory is its own): peak_rss_gib is th
 peak resident memory (from the kernel, wait4), device_peak_gib the accelerator's peak bytes in
 use (None on CPU). The persistent compilation cache makes the later cells' compiles cheap.
 
+Many processes, on one host or many (JAX's distributed runtime, `jax.distributed`): start
+one per GPU (or host) with the same flags plus --coordinator=HOST:PORT (process 0's address)
+--num_processes=P --process_id=I, or --coordinator=auto where JAX detects the cluster (SLURM,
+Cloud TPU, ...). The (image, CR) groups are dealt round-robin (process I takes groups I,
+I + P, ...); each process keeps its rows in out_dir/parts/results_I.json (resumable, and a
+rerun with any process count skips every cell already in a part or in results.json); after a
+barrier, process 0 merges them into results.md/csv/json. out_dir must be a folder all
+processes see. The cells run in child processes, which inherit the environment: give each
+process its GPU with CUDA_VISIBLE_DEVICES (SLURM: --gpus-per-task=1). The coordinating
+processes themselves use only the CPU.
+
 Quality columns are those of the decoded .ssplat file (what a user gets); psnr_float is
 before quantization and quant_drop their difference. With --classic=jpeg,webp,avif, each
 (image, CR) also gets rows for those codecs at the same byte size as the first method's file
@@ -47,6 +58,11 @@ _OUT = flags.DEFINE_string("out_dir", "results/benchmark", "Output folder.")
 _CLASSIC = flags.DEFINE_list("classic", [], "Classic codecs at equal bytes: jpeg,webp,avif.")
 _GAUSSIANS = flags.DEFINE_string("gaussians", "paper", "paper | N: how many Gaussians "
                                  "the budget buys (paper: comparable with the paper's tables).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", None, "Multi-process run: HOST:PORT of process 0 (with --num_processes and "
+    "--process_id), or 'auto' to let jax.distributed detect the cluster. Default: one process.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
 _CELL = flags.DEFINE_string("cell", None, "Internal: run one cell described by this JSON in "
                             "this process and print its metrics as JSON.")
 
@@ -156,6 +172,41 @@ def _run_child(spec: dict) -> tuple[dict | None, float, str]:
     return json.loads(text.strip().splitlines()[-1]), peak, ""
 
 
+def _processes() -> tuple[int, int]:
+    """(this process's index, the process count): (0, 1) unless --coordinator starts JAX's
+    distributed runtime (on the CPU: the cells' children get the accelerators)."""
+    if _COORDINATOR.value is None:
+        if _NUM_PROCESSES.value not in (None, 1) or _PROCESS_ID.value not in (None, 0):
+            sys.exit("error: --num_processes/--process_id need --coordinator=HOST:PORT (or auto)")
+        return 0, 1
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+    if _COORDINATOR.value == "auto":
+        jax.distributed.initialize()
+    else:
+        n, i = _NUM_PROCESSES.value, _PROCESS_ID.value
+        if n is None or i is None or n < 1 or not 0 <= i < n:
+            sys.exit(f"error: --coordinator needs --num_processes >= 1 and 0 <= --process_id < "
+                     f"--num_processes (got {n} and {i})")
+        jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=n,
+                                   process_id=i)
+    return jax.process_index(), jax.process_count()
+
+
+def _load_rows(out: Path) -> list[dict]:
+    """Every finished cell: results.json's, then the parts' (later duplicates dropped)."""
+    rows, seen = [], set()
+    paths = [out / "results.json", *sorted((out / "parts").glob("results_*.json"))]
+    for path in paths:
+        if path.exists():
+            for r in json.loads(path.read_text())["cells"]:
+                if _key(r) not in seen:
+                    seen.add(_key(r))
+                    rows.append(r)
+    return rows
+
+
 def main(argv):
     del argv
     if _CELL.value is not None:  # a child: one cell, its metrics on the last stdout line
@@ -170,41 +221,65 @@ def main(argv):
     bad = [m for m in _METHODS.value if m not in METHODS]
     if bad:
         sys.exit(f"error: unknown method(s) {bad}; choose from {', '.join(METHODS)}")
-    results_path = out / "results.json"
-    rows = json.loads(results_path.read_text())["cells"] if results_path.exists() else []
+    index, count = _processes()
+    rows = _load_rows(out)
     done = {_key(r) for r in rows}
-    for image in images:
-        for cr in crs:
-            for method in _METHODS.value:
-                key = (os.path.basename(image), cr, method, _STEPS.value)
-                if key in done:
-                    print(f"skip (done): {key}")
-                    continue
-                cell = out / "cells" / f"{Path(image).stem}_cr{cr:g}_{method}_{_STEPS.value}"
-                print(f"run: {key}", flush=True)
-                r, peak, error = _run_child({
-                    "image": image, "workdir": str(cell), "cr": cr, "method": method,
-                    "steps": _STEPS.value, "backend": _BACKEND.value, "seed": _SEED.value,
-                    "gaussians": _GAUSSIANS.value})
-                if r is None:
-                    print(f"  failed: {error}")
-                    continue
-                r["peak_rss_gib"] = peak
-                r["s_per_step"] = None if not r.get("it_per_s") else 1.0 / r["it_per_s"]
-                r["quant_drop"] = r["psnr_float"] - r["psnr"]
+    part = out / "parts" / f"results_{index}.json"
+    # This process's rows (its part file, kept across reruns).
+    mine: list[dict] = json.loads(part.read_text())["cells"] if count > 1 and part.exists() else []
+
+    def save():
+        if count == 1:
+            write_reports(out, rows)
+        else:  # this process's part; process 0 merges the parts at the end
+            part.parent.mkdir(exist_ok=True)
+            atomic_write_bytes(part, json_bytes({"cells": mine}))
+
+    groups = [(image, cr) for image in images for cr in crs]
+    if count > 1:
+        print(f"process {index} of {count}: {len(groups[index::count])} of {len(groups)} "
+              "(image, CR) groups", flush=True)
+    for image, cr in groups[index::count]:
+        for method in _METHODS.value:
+            key = (os.path.basename(image), cr, method, _STEPS.value)
+            if key in done:
+                print(f"skip (done): {key}")
+                continue
+            cell = out / "cells" / f"{Path(image).stem}_cr{cr:g}_{method}_{_STEPS.value}"
+            print(f"run: {key}", flush=True)
+            r, peak, error = _run_child({
+                "image": image, "workdir": str(cell), "cr": cr, "method": method,
+                "steps": _STEPS.value, "backend": _BACKEND.value, "seed": _SEED.value,
+                "gaussians": _GAUSSIANS.value})
+            if r is None:
+                print(f"  failed: {error}")
+                continue
+            r["peak_rss_gib"] = peak
+            r["s_per_step"] = None if not r.get("it_per_s") else 1.0 / r["it_per_s"]
+            r["quant_drop"] = r["psnr_float"] - r["psnr"]
+            rows.append(r)
+            mine.append(r)
+            done.add(key)
+            save()
+        first = next((r for r in rows if _key(r)[:2] == (os.path.basename(image), cr)
+                      and r["method"] in METHODS), None)
+        todo = [f for f in _CLASSIC.value
+                if (os.path.basename(image), cr, f"{f}@equal-bytes", 0) not in done]
+        if first is not None and todo:
+            for r in classic_rows(image, cr, first, todo):
                 rows.append(r)
-                done.add(key)
-                write_reports(out, rows)
-            first = next((r for r in rows if _key(r)[:2] == (os.path.basename(image), cr)
-                          and r["method"] in METHODS), None)
-            todo = [f for f in _CLASSIC.value
-                    if (os.path.basename(image), cr, f"{f}@equal-bytes", 0) not in done]
-            if first is not None and todo:
-                for r in classic_rows(image, cr, first, todo):
-                    rows.append(r)
-                    done.add(_key(r))
-                write_reports(out, rows)
-    write_reports(out, rows)
+                mine.append(r)
+                done.add(_key(r))
+            save()
+    if count == 1:
+        write_reports(out, rows)
+        return
+    save()
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("smartsplat_jax benchmark: every part written")
+    if index == 0:
+        write_reports(out, _load_rows(out))
 
 
 if __name__ == "__main__":

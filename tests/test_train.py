@@ -403,6 +403,42 @@ def test_benchmark_launcher_resumes(small_photo, tmp_path):
     assert again.returncode == 0 and again.stdout.count("skip (done)") == 2
 
 
+def test_benchmark_over_two_processes_merges_one_table(small_photo, tmp_path):
+    """Two local processes on JAX's distributed runtime split the (image, CR) groups and
+    process 0 writes the merged table; a later single-process run finds every cell done."""
+    import socket
+
+    path, img = small_photo
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, (r, c) in {"a": (0, 0), "b": (32, 48)}.items():
+        save_image(images / f"{name}.png", img[r:r + 48, c:c + 64])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out_dir = tmp_path / "out"
+    args = ["-m", "experiments.benchmark", f"--images={images}", "--crs=20",
+            "--methods=random", "--steps=5", f"--out_dir={out_dir}",
+            f"--coordinator=127.0.0.1:{port}", "--num_processes=2"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, *args, f"--process_id={i}"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (stdout, stderr) in zip(procs, outs):
+        assert p.returncode == 0, stderr[-3000:]
+    assert "process 0 of 2: 1 of 2" in outs[0][0] and "process 1 of 2: 1 of 2" in outs[1][0]
+    data = json.loads((out_dir / "results.json").read_text())
+    assert sorted(os.path.basename(r["image"]) for r in data["cells"]) == ["a.png", "b.png"]
+    assert len(list((out_dir / "parts").glob("results_*.json"))) == 2
+    again = _run(["experiments.benchmark", f"--images={images}", "--crs=20", "--methods=random",
+                  "--steps=5", f"--out_dir={out_dir}"])
+    assert again.returncode == 0 and again.stdout.count("skip (done)") == 2, again.stderr[-2000:]
+    bad = _run(["experiments.benchmark", f"--images={images}", "--num_processes=2",
+                f"--out_dir={out_dir}"])
+    assert bad.returncode != 0 and "--coordinator" in bad.stderr
+
+
 def test_custom_loss_and_optimizer_reproduce_the_built_in_ones(small_photo):
     # The config's L2 loss and its optimizer, passed in as a custom loss and optax transform,
     # train exactly the same parameters (same arithmetic through the other code path).
