@@ -199,6 +199,22 @@ def test_short_training_run_matches_xla():
                                    err_msg=f)
 
 
+def test_cholesky_params_equal_xla():
+    # GaussianImage's Cholesky parameterisation goes through the same projection.
+    rng = np.random.default_rng(5)
+    n, h, w = 40, 20, 24
+    cp = P.CholeskyParams(
+        means=jnp.asarray(rng.uniform(-1.1, 1.1, (n, 2)), jnp.float32),
+        cholesky=jnp.asarray(rng.uniform(0.3, 3.0, (n, 3)) * rng.choice([-1, 1], (n, 3)),
+                             jnp.float32),
+        colors=jnp.asarray(rng.uniform(0, 1, (n, 3)), jnp.float32),
+        opacity=jnp.ones((n, 1), jnp.float32))
+    a, ga = _fwd_and_grads(PL.render_pallas, cp, h, w)
+    b, gb = _fwd_and_grads(render_xla, cp, h, w)
+    np.testing.assert_allclose(a, b, atol=2e-6)
+    chex.assert_trees_all_close(ga, gb, rtol=2e-4, atol=2e-4 * float(jnp.max(jnp.abs(gb.means))))
+
+
 def _fake_gpu(cc: str, kind: str = "Fake GPU"):
     return types.SimpleNamespace(platform="gpu", compute_capability=cc, device_kind=kind)
 
