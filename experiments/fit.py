@@ -44,6 +44,9 @@ _GAUSSIANS = flags.DEFINE_string("gaussians", None, "paper | N: how many Gaussia
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.")
 _RESUME = flags.DEFINE_bool("resume", True, "Continue from the workdir's newest checkpoint "
                             "of the same run (--noresume: delete them and start over).")
+_DEVICES = flags.DEFINE_integer("devices", None,
+                                "Train on this many devices, the image cut into one band of "
+                                "rows per device (train.sharded); default 1.")
 _QAT = flags.DEFINE_integer("qat_steps", None,
                             "How many of the steps, at the end, train through the file's "
                             "quantizer (default 2 %, 20 to 1,000).")
@@ -65,6 +68,8 @@ def main(argv):
     image = c.image or str(DEMO_IMAGE)
     gaussians = int(c.gaussians) if str(c.gaussians).isdigit() else c.gaussians
     overrides = {k: c[k] for k in _TRAIN_FIELDS if c.get(k) is not None}
+    if _DEVICES.value is not None:
+        overrides["devices"] = _DEVICES.value
     try:
         result = run_fit(image, c.workdir, cr=c.cr, method=c.method, steps=c.steps,
                          backend=c.backend, seed=c.seed, gaussians=gaussians,

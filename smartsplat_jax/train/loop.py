@@ -187,7 +187,7 @@ def _project_colors(params: P.GaussianParams, hyper: Hyperparams) -> P.GaussianP
 # traced value (`train.optim.Hyperparams`: rates, their schedule, the loss weight, the phase
 # factor, the colour box) or read on the host between chunks (steps, phases, evaluation,
 # checkpoints, retries), so changing it never recompiles.
-COMPILED_FIELDS = ("loss", "optimizer", "backend", "chunk_steps")
+COMPILED_FIELDS = ("loss", "optimizer", "backend", "chunk_steps", "devices")
 
 
 def compiled_config(config: FitConfig) -> FitConfig:
@@ -215,10 +215,11 @@ def _floor_covariance(params):
     return params.replace(scales=_floor_scales(params.scales))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "capacity", "qat", "loss_fn", "optimizer"))
+@functools.partial(jax.jit, static_argnames=("config", "capacity", "qat", "loss_fn", "optimizer",
+                                             "mesh", "size"))
 def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale, hyper, *,
                config: FitConfig, capacity: int | None = None, qat: bool = True,
-               loss_fn=None, optimizer=None):
+               loss_fn=None, optimizer=None, mesh=None, size=None):
     """`count` (traced, <= `config.chunk_steps`) optimizer steps from step `step0`,
     quantization-aware by `schedule` with the quantizer `qgrid`, with the hyperparameters
     `hyper` (`train.optim.Hyperparams`), every update scaled by `lr_scale`. All of these are
@@ -230,12 +231,20 @@ def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale
     Returns (params, opt_state, losses [L], mses [L], finite, bad) with L =
     `config.chunk_steps` (entries from `count` on are 0), finite: every parameter is
     finite at the end, bad: [F] int32, per field of the params (`_leaf_names`) the number of (Gaussian, step) pairs whose gradient had a non-finite entry
-    (zeroed before the optimizer). `loss_fn`, `optimizer`: see `fit` (None: the config's)."""
+    (zeroed before the optimizer). `loss_fn`, `optimizer`: see `fit` (None: the config's).
+    `mesh`: with a `train.sharded.band_mesh`, `image` is the banded target
+    (`sharded.shard_target`) of an image of `size` (H, W), and the loss runs band by band."""
     opt = optimizer if optimizer is not None else make_optimizer(config, hyper)
     config = dataclasses.replace(config, lambda_l1=hyper.lambda_l1)  # traced inside the step
-    value = loss_value if loss_fn is None else functools.partial(loss_value, loss_fn=loss_fn)
+    h, w = size if mesh is not None else image.shape[:2]
+    if mesh is not None:
+        from smartsplat_jax.train.sharded import sharded_loss
+
+        def value(p, target, cfg, capacity):
+            return sharded_loss(p, target, h, w, mesh, cfg.lambda_l1, cfg.loss)
+    else:
+        value = loss_value if loss_fn is None else functools.partial(loss_value, loss_fn=loss_fn)
     grad_fn = jax.value_and_grad(value, has_aux=True)
-    h, w = image.shape[:2]
 
     def train_step(carry, t):
         p, s, bad = carry
@@ -316,7 +325,7 @@ class FixedQuantizer:
 # changing what one step computes. The result equals the uninterrupted run's bit for bit
 # when chunk_steps, eval_every and checkpoint_every are unchanged too.
 _RESUMABLE_CHANGES = ("steps", "qat_steps", "chunk_steps", "eval_every", "checkpoint_every",
-                      "backend", "max_retries", "retry_lr_factor")
+                      "backend", "max_retries", "retry_lr_factor", "devices")
 
 
 # The layout of the optimizer state in checkpoints. 2: one direction (Adam/Adan) over all
@@ -464,6 +473,7 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                          "and encode params.to_gaussian_params()")
     names = _leaf_names(params)
     _check_custom(loss_fn, optimizer, img)
+    mesh = _band_mesh(config, loss_fn)
     if loss_fn is not None or optimizer is not None:
         run_info = {**(run_info or {}),
                     "loss_fn": None if loss_fn is None else _name(loss_fn),
@@ -479,7 +489,7 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                "compile_seconds": 0.0, "resumed_from": None,
                "qat_start": qat_start if qat else None, "quant": None, "quant_info": None,
                "psnr_before_qat": None, "rollbacks": [], "nonfinite_grads": [],
-               "backend": None}
+               "backend": None, "devices": 1}
     step = 0
     ckpt_dir = Path(workdir) / "checkpoints" if workdir is not None else None
     fingerprint = None
@@ -532,6 +542,16 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
     config = dataclasses.replace(config, backend=resolve_backend(config.backend))
     history["backend"] = config.backend
     compiled, hyper = compiled_config(config), hyperparams(config)
+    target = img
+    if mesh is not None:  # the target in bands, the state replicated on the mesh
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        from smartsplat_jax.train.sharded import shard_target
+
+        target = shard_target(img, mesh)
+        params, opt_state = jax.device_put((params, opt_state),
+                                           NamedSharding(mesh, PartitionSpec()))
+    history["devices"] = config.devices
     spec = QuantSpec.from_record(history["quant"]) if history["quant"] else None
     qgrid = grid(spec or QuantSpec())  # a placeholder until the phase starts
     reporter.start = step
@@ -565,12 +585,12 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                 reporter.message(f"quantization-aware from step {qat_start} to {config.steps} "
                                  f"(planned at step {step}): {spec.describe()}")
             t0 = time.perf_counter()
-            capacity = pair_capacity(params, h, w) if use_pallas else None
+            capacity = pair_capacity(params, h, w) if use_pallas and mesh is None else None
             new_params, new_state, loss, mse, finite, bad_grads = _run_chunk(
-                params, opt_state, img, qgrid, jnp.asarray(step, jnp.int32),
+                params, opt_state, target, qgrid, jnp.asarray(step, jnp.int32),
                 jnp.asarray(length, jnp.int32), schedule, jnp.asarray(lr_scale, jnp.float32),
                 hyper, config=compiled, capacity=capacity, qat=qat, loss_fn=loss_fn,
-                optimizer=optimizer)
+                optimizer=optimizer, mesh=mesh, size=(h, w))
             loss = jax.device_get(loss)[:length]
             mse = jax.device_get(mse)[:length]
             bad_grads = [int(x) for x in jax.device_get(bad_grads)]
@@ -650,6 +670,23 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
         per_step = (session_seconds - first[1]) / (session_steps - first[0])
         history["compile_seconds"] = max(0.0, first[1] - per_step * first[0])
     return params, history
+
+
+def _band_mesh(config: FitConfig, loss_fn):
+    """The band mesh of `config.devices` > 1 devices (`train.sharded`), else None; ValueError
+    for more devices than there are, or a custom loss (bands compute the config's loss)."""
+    if config.devices == 1:
+        return None
+    available = jax.devices()
+    if config.devices > len(available):
+        raise ValueError(f"devices={config.devices} but only {len(available)} device(s) are "
+                         f"available ({available[0].platform}); use 1 to {len(available)}")
+    if loss_fn is not None:
+        raise ValueError(f"loss_fn={_name(loss_fn)} cannot be split over devices={config.devices}"
+                         " (the bands compute the config's loss); use devices=1")
+    from smartsplat_jax.train.sharded import band_mesh
+
+    return band_mesh(available[:config.devices])
 
 
 def _name(fn) -> str:

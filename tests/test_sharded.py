@@ -1,0 +1,84 @@
+"""train.sharded: one image's loss over several devices, in bands, against one device.
+
+The checks run in a subprocess with four simulated CPU devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=4), which must be set before JAX starts."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_SCRIPT = r'''
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+sys.path.insert(0, "tests")
+from helpers import enable_x64, scene
+from smartsplat_jax import DEMO_IMAGE, load_image, losses, num_gaussians
+from smartsplat_jax.render import render_xla
+from smartsplat_jax.train import config_for_method, fit, initialize
+from smartsplat_jax.train import sharded as S
+
+out = {"devices": len(jax.devices())}
+with enable_x64():  # the loss and its gradients, float64, an odd size (padded last band)
+    h, w = 37, 29
+    p = scene(2, 60, h, w, extras=False, dtype=jnp.float64)
+    img = np.random.default_rng(0).random((h, w, 3))
+    for kind in ("smartsplat", "l2"):
+        def ref(q):
+            r = render_xla(q, h, w)
+            mse = jnp.mean((r - img) ** 2)
+            return (losses.smartsplat_loss(r, jnp.asarray(img), 0.9) if kind == "smartsplat"
+                    else mse), mse
+        (l_ref, m_ref), g_ref = jax.value_and_grad(ref, has_aux=True)(p)
+        for d in (1, 2, 4):
+            mesh = S.band_mesh(jax.devices()[:d])
+            t = S.shard_target(img, mesh)
+            (l, m), g = jax.value_and_grad(S.sharded_loss, has_aux=True)(p, t, h, w, mesh, 0.9, kind)
+            err = max(float(jnp.max(jnp.abs(a - b)) / (1e-12 + jnp.max(jnp.abs(b))))
+                      for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref)))
+            out[f"{kind}_{d}"] = [abs(float(l - l_ref)), abs(float(m - m_ref)), err]
+img = load_image(DEMO_IMAGE)[150:246, 250:378]  # a short fit, float32, on 1 and 4 devices
+h, w = img.shape[:2]
+p0, _ = initialize("smartsplat", jax.random.PRNGKey(0), img, num_gaussians(h, w, 10))
+for d in (1, 4):
+    cfg = config_for_method("smartsplat", steps=30, chunk_steps=10, eval_every=30, devices=d,
+                            backend="xla")
+    _, hist = fit(img, p0, cfg, progress=False)
+    out[f"fit_{d}"] = {"loss": hist["loss"], "psnr": hist["eval"][-1]["psnr"],
+                       "devices": hist["devices"]}
+for kw in ({"devices": 5}, {"devices": 2, "loss_fn": True}):
+    cfg = config_for_method("smartsplat", steps=2, devices=kw["devices"])
+    try:
+        fit(img, p0, cfg, progress=False,
+            loss_fn=(lambda r, t: jnp.mean(r - t)) if kw.get("loss_fn") else None)
+        out[f"refused_{len(out)}"] = None
+    except ValueError as e:
+        out[f"refused_{len(out)}"] = str(e)
+print(json.dumps(out))
+'''
+
+
+def test_bands_over_four_devices_equal_one_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 4
+    for kind in ("smartsplat", "l2"):
+        for d in (1, 2, 4):  # loss, mse and gradients (relative) equal to float64 rounding
+            loss_err, mse_err, grad_err = out[f"{kind}_{d}"]
+            assert loss_err < 1e-9 and mse_err < 1e-9 and grad_err < 1e-8, (kind, d)
+    one, four = out["fit_1"], out["fit_4"]
+    assert four["devices"] == 4 and one["devices"] == 1
+    # float32 training: the same run up to rounding (Adam amplifies it a little per step).
+    for a, b in zip(one["loss"], four["loss"]):
+        assert abs(a - b) <= 1e-3 * abs(a), (one["loss"], four["loss"])
+    assert abs(one["psnr"] - four["psnr"]) < 0.05, (one["psnr"], four["psnr"])
+    refusals = [v for k, v in out.items() if k.startswith("refused")]
+    assert "devices=5 but only 4 device(s)" in refusals[0]
+    assert "cannot be split over devices=2" in refusals[1]
