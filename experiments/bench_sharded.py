@@ -1,0 +1,101 @@
+"""Benchmark one image's loss over several devices, in bands (`smartsplat_jax.train.sharded`).
+
+  python -m experiments.bench_sharded --sizes=512x512@20 --devices=1,2,4
+  python -m experiments.bench_sharded --simulate=4 ...   # 4 CPU devices on a CPU-only host
+
+For each size and device count: the loss's forward+backward in bands (median ms), the
+one-device `train.loss_value` for comparison, the difference of the loss and the relative
+difference of the gradients from it (|g_bands - g_one| / |g_one| over all parameters; float32,
+and the one-device SSIM backward is the hand-written one), and XLA's per-device buffer sizes
+of the banded program (temporaries per band pixel). The scene is the demo photo tiled to the size with a SmartSplat initialization.
+Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+from experiments.common import interruptible, write_json
+
+_SIZES = flags.DEFINE_list("sizes", ["512x512@20"], "WIDTHxHEIGHT@CR entries.")
+_DEVICES = flags.DEFINE_list("devices", ["1", "2", "4"], "Device counts (bands).")
+_SIMULATE = flags.DEFINE_integer("simulate", 0, "Simulate this many CPU devices "
+                                 "(XLA_FLAGS=--xla_force_host_platform_device_count; the "
+                                 "launcher restarts itself with it). 0: the real devices.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (after warm-up).")
+_OUT = flags.DEFINE_string("out", "results/bench_sharded.json", "JSON output path.")
+
+_FLAG = "--xla_force_host_platform_device_count"
+
+
+def _row(size: str, devices: int) -> dict:
+    import jax
+    import numpy as np
+
+    from smartsplat_jax import DEMO_IMAGE, load_image
+    from smartsplat_jax import params as P
+    from smartsplat_jax.render.auto import median_seconds
+    from smartsplat_jax.train import FitConfig, initialize, loss_value
+    from smartsplat_jax.train import sharded as S
+
+    dims, cr = size.split("@")
+    width, height = (int(v) for v in dims.split("x"))
+    demo = load_image(DEMO_IMAGE)
+    reps = (-(-height // demo.shape[0]), -(-width // demo.shape[1]), 1)
+    image = np.tile(demo, reps)[:height, :width]
+    n = P.num_gaussians(height, width, float(cr))
+    params, _ = initialize("smartsplat", jax.random.PRNGKey(0), image, n)
+    config = FitConfig(backend="xla")
+    one = jax.jit(jax.value_and_grad(lambda q: loss_value(q, image, config)[0]))
+    mesh = S.band_mesh(jax.devices()[:devices])
+    target = S.shard_target(image, mesh)
+    banded = jax.jit(jax.value_and_grad(
+        lambda q, t: S.sharded_loss(q, t, height, width, mesh)[0]))
+    (l1, g1), (ld, gd) = one(params), banded(params, target)
+    flat = lambda g: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g)])  # noqa: E731
+    grad_err = float(np.linalg.norm(flat(gd) - flat(g1)) / (np.linalg.norm(flat(g1)) + 1e-30))
+    mem = banded.lower(params, target).compile().memory_analysis()
+    band_px = (S.band_rows(height, mesh) + 2 * S.HALO) * width
+    temp = None if mem is None else mem.temp_size_in_bytes
+    return {"size": f"{width}x{height}", "cr": float(cr), "num_gaussians": n,
+            "devices": devices, "device": jax.devices()[0].device_kind,
+            "one_device_ms": 1e3 * median_seconds(one, params, repeats=_REPEATS.value),
+            "bands_ms": 1e3 * median_seconds(banded, params, target, repeats=_REPEATS.value),
+            "loss_abs_diff": abs(float(ld) - float(l1)), "grad_rel_diff": grad_err,
+            "temp_bytes_per_device": temp,
+            "temp_bytes_per_band_pixel": None if temp is None else temp / band_px}
+
+
+def main(argv):
+    del argv
+    if _SIMULATE.value and _FLAG not in os.environ.get("XLA_FLAGS", ""):
+        env = dict(os.environ, JAX_PLATFORMS="cpu",
+                   XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}={_SIMULATE.value}")
+        os.execvpe(sys.executable, [sys.executable, "-m", "experiments.bench_sharded",
+                                    *sys.argv[1:]], env)
+    import jax
+
+    counts = [int(d) for d in _DEVICES.value]
+    bad = [d for d in counts if not 1 <= d <= len(jax.devices())]
+    if bad:
+        sys.exit(f"error: --devices={_DEVICES.value}: {bad} not in 1..{len(jax.devices())} "
+                 "(the devices here; --simulate=N gives N CPU devices)")
+    rows = [_row(size, d) for size in _SIZES.value for d in counts]
+    print("| size | CR | N | devices | device | one device ms | bands ms | loss diff | "
+          "grad rel diff | temp MiB/device | temp B/band px |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        temp, per_px = r["temp_bytes_per_device"], r["temp_bytes_per_band_pixel"]
+        mib = "n/a" if temp is None else f"{temp / 2**20:.1f}"
+        per_px = "n/a" if per_px is None else f"{per_px:.0f}"
+        print(f"| {r['size']} | {r['cr']:g} | {r['num_gaussians']} | {r['devices']} | "
+              f"{r['device']} | {r['one_device_ms']:.1f} | {r['bands_ms']:.1f} | "
+              f"{r['loss_abs_diff']:.2e} | {r['grad_rel_diff']:.2e} | {mib} | {per_px} |")
+    write_json(_OUT.value, rows)
+
+
+if __name__ == "__main__":
+    app.run(interruptible(main))
