@@ -28,6 +28,7 @@ __all__ = [
     "GaussianParams",
     "CholeskyParams",
     "cholesky_factor",
+    "floor_magnitude",
     "num_gaussians",
     "cr_range",
     "scale_activation",
@@ -45,8 +46,33 @@ BYTES_PER_GAUSSIAN = 7
 SCALE_FLOOR = 2.0 ** -6
 
 
+class _Rows:
+    """What both parameter pytrees share: N rows per field, of the widths in `_WIDTHS`."""
+
+    _WIDTHS: dict = {}
+
+    def replace(self, **changes):
+        """A copy with these fields replaced (`dataclasses.replace`)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def num(self) -> int:
+        """N, the number of Gaussians."""
+        return self.means.shape[0]
+
+    def validate(self):
+        """Checks the field shapes agree; returns self. Raises ValueError naming the field."""
+        n = self.means.shape[0] if getattr(self.means, "ndim", 0) >= 1 else None
+        for name, width in self._WIDTHS.items():
+            shape = tuple(getattr(self, name).shape)
+            if shape != (n, width):
+                raise ValueError(f"{type(self).__name__}.{name} has shape {shape}; expected "
+                                 f"({n}, {width}) for N = {n} Gaussians")
+        return self
+
+
 @dataclasses.dataclass(frozen=True)
-class GaussianParams:
+class GaussianParams(_Rows):
     """Raw (pre-activation) parameters of N 2D Gaussians; a JAX pytree (an immutable
     dataclass registered with `jax.tree_util.register_dataclass`; leaves in field order).
 
@@ -65,14 +91,7 @@ class GaussianParams:
     colors: jax.Array
     opacity: jax.Array
 
-    def replace(self, **changes) -> "GaussianParams":
-        """A copy with these fields replaced (`dataclasses.replace`)."""
-        return dataclasses.replace(self, **changes)
-
-    @property
-    def num(self) -> int:
-        """N, the number of Gaussians."""
-        return self.means.shape[0]
+    _WIDTHS = {"means": 2, "scales": 2, "rotation": 1, "colors": 3, "opacity": 1}
 
     @classmethod
     def create(cls, means, scales, colors, rotation=None, opacity=None, dtype=jnp.float32):
@@ -85,19 +104,6 @@ class GaussianParams:
                    rotation=rotation.reshape(n, 1), colors=jnp.asarray(colors, dtype),
                    opacity=opacity.reshape(n, 1))
 
-    def validate(self) -> "GaussianParams":
-        """Checks the field shapes agree; returns self. Raises ValueError naming the field."""
-        n = self.means.shape[0] if getattr(self.means, "ndim", 0) >= 1 else None
-        expected = {"means": 2, "scales": 2, "rotation": 1, "colors": 3, "opacity": 1}
-        for name, width in expected.items():
-            shape = tuple(getattr(self, name).shape)
-            if shape != (n, width):
-                raise ValueError(
-                    f"GaussianParams.{name} has shape {shape}; expected ({n}, {width}) "
-                    f"for N = {n} Gaussians"
-                )
-        return self
-
 
 jax.tree_util.register_dataclass(
     GaussianParams, data_fields=["means", "scales", "rotation", "colors", "opacity"],
@@ -105,7 +111,7 @@ jax.tree_util.register_dataclass(
 
 
 @dataclasses.dataclass(frozen=True)
-class CholeskyParams:
+class CholeskyParams(_Rows):
     """N 2D Gaussians in GaussianImage's Cholesky parameterisation (GaussianImage, Zhang et
     al., ECCV 2024, Sec. 3.1; the authors' `gaussianimage_cholesky.py`); a JAX pytree that
     every renderer and `train.fit` take in place of `GaussianParams`.
@@ -127,24 +133,7 @@ class CholeskyParams:
     colors: jax.Array
     opacity: jax.Array
 
-    def replace(self, **changes) -> "CholeskyParams":
-        """A copy with these fields replaced (`dataclasses.replace`)."""
-        return dataclasses.replace(self, **changes)
-
-    @property
-    def num(self) -> int:
-        """N, the number of Gaussians."""
-        return self.means.shape[0]
-
-    def validate(self) -> "CholeskyParams":
-        """Checks the field shapes agree; returns self. Raises ValueError naming the field."""
-        n = self.means.shape[0] if getattr(self.means, "ndim", 0) >= 1 else None
-        for name, width in {"means": 2, "cholesky": 3, "colors": 3, "opacity": 1}.items():
-            shape = tuple(getattr(self, name).shape)
-            if shape != (n, width):
-                raise ValueError(f"CholeskyParams.{name} has shape {shape}; expected "
-                                 f"({n}, {width}) for N = {n} Gaussians")
-        return self
+    _WIDTHS = {"means": 2, "cholesky": 3, "colors": 3, "opacity": 1}
 
     def to_gaussian_params(self) -> GaussianParams:
         """The same Gaussians as `GaussianParams` (scales along the principal axes, major
@@ -169,12 +158,16 @@ jax.tree_util.register_dataclass(
     CholeskyParams, data_fields=["means", "cholesky", "colors", "opacity"], meta_fields=[])
 
 
+def floor_magnitude(raw: jax.Array) -> jax.Array:
+    """`raw` with every |value| at least SCALE_FLOOR, sign kept (0 goes to +floor)."""
+    f = jnp.asarray(SCALE_FLOOR, raw.dtype)
+    return jnp.where(jnp.abs(raw) < f, jnp.where(raw < 0, -f, f), raw)
+
+
 def cholesky_factor(raw: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """[N, 3] raw (l11, l21, l22) -> (l11, l21, l22), each [N], with |l11| and |l22| at least
-    SCALE_FLOOR (sign kept; 0 goes to +floor), in pixels."""
-    f = jnp.asarray(SCALE_FLOOR, raw.dtype)
-    floor = lambda v: jnp.where(jnp.abs(v) < f, jnp.where(v < 0, -f, f), v)  # noqa: E731
-    return floor(raw[:, 0]), raw[:, 1], floor(raw[:, 2])
+    SCALE_FLOOR (`floor_magnitude`), in pixels."""
+    return floor_magnitude(raw[:, 0]), raw[:, 1], floor_magnitude(raw[:, 2])
 
 
 def scale_activation(raw_scales: jax.Array) -> jax.Array:

@@ -201,18 +201,12 @@ def _leaf_names(params) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(params))
 
 
-def _floor_scales(raw: jax.Array) -> jax.Array:
-    """Raw scales with |raw| >= SCALE_FLOOR, sign kept (0 goes to +floor)."""
-    f = jnp.asarray(P.SCALE_FLOOR, raw.dtype)
-    return jnp.where(jnp.abs(raw) < f, jnp.where(raw < 0, -f, f), raw)
-
-
 def _floor_covariance(params):
     """Scales (or the Cholesky diagonal) kept at or above SCALE_FLOOR in magnitude, where the
     renderers floor them anyway: this keeps their gradient alive."""
     if isinstance(params, P.CholeskyParams):
         return params.replace(cholesky=jnp.stack(P.cholesky_factor(params.cholesky), -1))
-    return params.replace(scales=_floor_scales(params.scales))
+    return params.replace(scales=P.floor_magnitude(params.scales))
 
 
 @functools.partial(jax.jit, static_argnames=("config", "capacity", "qat", "loss_fn", "optimizer",
@@ -230,8 +224,9 @@ def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale
 
     Returns (params, opt_state, losses [L], mses [L], finite, bad) with L =
     `config.chunk_steps` (entries from `count` on are 0), finite: every parameter is
-    finite at the end, bad: [F] int32, per field of the params (`_leaf_names`) the number of (Gaussian, step) pairs whose gradient had a non-finite entry
-    (zeroed before the optimizer). `loss_fn`, `optimizer`: see `fit` (None: the config's).
+    finite at the end, bad: [F] int32, per field of the params (`_leaf_names`) the number
+    of (Gaussian, step) pairs whose gradient had a non-finite entry (zeroed before the
+    optimizer). `loss_fn`, `optimizer`: see `fit` (None: the config's).
     `mesh`: with a `train.sharded.band_mesh`, `image` is the banded target
     (`sharded.shard_target`) of an image of `size` (H, W), and the loss runs band by band."""
     opt = optimizer if optimizer is not None else make_optimizer(config, hyper)
