@@ -33,7 +33,7 @@ from experiments.common import gaussians_value, interruptible, launcher_inputs
 _IMAGES = flags.DEFINE_string("images", None, "A folder, or a glob of image files.")
 _CRS = flags.DEFINE_list("crs", ["20", "50", "100", "200", "500"], "Compression ratios.")
 _STEPS = flags.DEFINE_integer("steps", 1000, "Training steps per cell.")
-_GAUSSIANS = flags.DEFINE_string("gaussians", "paper", "paper | N (see "
+_GAUSSIANS = flags.DEFINE_string("gaussians", "paper", "paper | auto | N (see "
                                  "codec.rate.gaussians_for_budget).")
 _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer backend.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")

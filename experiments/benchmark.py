@@ -56,8 +56,9 @@ _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer backend.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
 _OUT = flags.DEFINE_string("out_dir", "results/benchmark", "Output folder.")
 _CLASSIC = flags.DEFINE_list("classic", [], "Classic codecs at equal bytes: jpeg,webp,avif.")
-_GAUSSIANS = flags.DEFINE_string("gaussians", "paper", "paper | N: how many Gaussians "
-                                 "the budget buys (paper: comparable with the paper's tables).")
+_GAUSSIANS = flags.DEFINE_string("gaussians", "paper", "paper | auto | N: how many "
+                                 "Gaussians the budget buys (paper: comparable with the "
+                                 "paper's tables; auto: pilot fits, gaussian_count).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator", None, "Multi-process run: HOST:PORT of process 0 (with --num_processes and "
     "--process_id), or 'auto' to let jax.distributed detect the cluster. Default: one process.")

@@ -30,7 +30,7 @@ def image_files(spec: str) -> list[str]:
 
 
 def gaussians_value(v: str):
-    """A --gaussians flag value: "paper" or an integer N."""
+    """A --gaussians flag value: "paper", "auto" or an integer N."""
     return int(v) if v.isdigit() else v
 
 

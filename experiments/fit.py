@@ -39,8 +39,12 @@ _METHOD = flags.DEFINE_string("method", None, "smartsplat | random | gaussianima
                               "gaussianimage-cholesky.")
 _BACKEND = flags.DEFINE_string("backend", None, "Renderer backend: auto | xla | pallas | reference.")
 _SEED = flags.DEFINE_integer("seed", None, "PRNG seed of the initialization.")
-_GAUSSIANS = flags.DEFINE_string("gaussians", None, "paper | N: how many Gaussians the "
-                                 "budget buys (see codec.rate.gaussians_for_budget).")
+_GAUSSIANS = flags.DEFINE_string("gaussians", None, "paper | auto | N: how many Gaussians "
+                                 "the budget buys: the paper's N, the N whose pilot fit "
+                                 "decodes best (smartsplat_jax.gaussian_count), or N.")
+_PILOT = flags.DEFINE_integer("auto_pilot_steps", None,
+                              "With --gaussians=auto: steps of each pilot (default: --steps, "
+                              "exact; fewer is cheaper but favours more Gaussians).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.")
 _RESUME = flags.DEFINE_bool("resume", True, "Continue from the workdir's newest checkpoint "
                             "of the same run (--noresume: delete them and start over).")
@@ -73,7 +77,7 @@ def main(argv):
     try:
         result = run_fit(image, c.workdir, cr=c.cr, method=c.method, steps=c.steps,
                          backend=c.backend, seed=c.seed, gaussians=gaussians,
-                         resume=_RESUME.value,
+                         resume=_RESUME.value, auto_pilot_steps=_PILOT.value,
                          qat_steps=_QAT.value, **overrides)
     except (ImageError, ValueError, OSError, TrainingDiverged) as e:
         sys.exit(f"error: {e}")
@@ -89,6 +93,11 @@ def main(argv):
           f"PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}, MS-SSIM {ms} "
           f"(float {result['psnr_float']:.2f} dB, init {result['init_psnr']:.2f} dB); "
           f"train {result['train_seconds']:.1f} s")
+    search = result.get("gaussians_search")
+    if search:
+        tried = ", ".join(f"N={t['n']}: {t['psnr']:.2f} dB" for t in search["trials"])
+        print(f"gaussians=auto chose N={search['n']} (paper {search['n_paper']}) from "
+              f"{len(search['trials'])} pilots of {search['pilot_steps']} steps ({tried})")
     over = "" if result["fits_budget"] else " (over budget: the image is too small for this CR)"
     print(f"file: {result['file_bytes']} bytes, {result['bytes_per_gaussian']:.2f} B/Gaussian, "
           f"real CR {result['actual_cr']:.2f}{over}")

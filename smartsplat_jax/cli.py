@@ -52,7 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="PRNG seed of the initialization")
     c.add_argument("--gaussians", default="paper", type=_gaussians,
                    help="how many Gaussians the budget buys: paper (N = 3HW/(7 CR), as the "
-                        "paper; default) or a number")
+                        "paper; default), auto (the N whose pilot fit decodes best at the budget: "
+                        "3 to 5 trainings) or a number")
+    c.add_argument("--auto-pilot-steps", type=int, default=None,
+                   help="with --gaussians auto: steps of each pilot (default: --steps, exact; "
+                        "fewer is cheaper but favours more Gaussians than the full run would)")
     c.add_argument("--checkpoint-every", type=int, default=500,
                    help="write a training checkpoint every this many steps (default 500) to "
                         ".OUTPUT.checkpoints beside OUTPUT; a rerun of the same command "
@@ -86,12 +90,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _gaussians(v: str):
-    if v == "paper":
+    if v in ("paper", "auto"):
         return v
     try:
         return int(v)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{v!r} is not paper or an integer") from None
+        raise argparse.ArgumentTypeError(f"{v!r} is not paper, auto or an integer") from None
 
 
 def _read(path: str) -> bytes:
@@ -136,7 +140,8 @@ def _compress(args) -> int:
     ckpt = _checkpoint_dir(args.output)
     data, r = compress_image(args.input, cr=args.cr, method=args.method, steps=args.steps,
                              qat_steps=args.qat_steps, backend=args.backend, seed=args.seed,
-                             gaussians=args.gaussians, progress=not args.quiet,
+                             gaussians=args.gaussians, auto_pilot_steps=args.auto_pilot_steps,
+                             progress=not args.quiet,
                              checkpoint_dir=ckpt, resume=not args.restart,
                              checkpoint_every=args.checkpoint_every)
     sio.atomic_write_bytes(args.output, data, overwrite=args.force)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import time
 from pathlib import Path
@@ -271,15 +272,73 @@ def decompress_to_file(data: bytes, path: str | os.PathLike, *, width: int | Non
             "memory_estimate": plan["bytes"], "memory_limit": plan["limit"]}
 
 
+def _choose_gaussians(image, cr: float, gaussians, method: str, config: "FitConfig",
+                      key: jax.Array, progress: bool, *, workdir: Path | None = None,
+                      resume: bool = True, run_info: dict | None = None,
+                      pilot_steps: int | None = None) -> tuple[int, dict | None, tuple | None,
+                                                                Path | None]:
+    """How many Gaussians to train, and where.
+
+    `gaussians` "paper" or N: as `codec.rate.gaussians_for_budget`. "auto": by the pilot fits
+    of `gaussian_count.choose_num_gaussians` (config.backend must be a concrete name). With a
+    workdir, full-length pilots checkpoint to workdir/gaussians_search/n<N>, the search's
+    record goes to workdir/gaussians_search.json, and a resumed run of the same image, method,
+    seed, CR, config and pilot_steps reuses both.
+
+    Returns:
+      (n, search record or None, (params, history) of the chosen full-length pilot or None,
+      the workdir for the final `train.fit`: the chosen pilot's, else `workdir`).
+    """
+    h, w = int(image.shape[0]), int(image.shape[1])
+    if gaussians != "auto":
+        return gaussians_for_budget(h, w, cr, gaussians), None, None, workdir
+    from smartsplat_jax.gaussian_count import choose_num_gaussians, pilot_dir
+    from smartsplat_jax.train.loop import run_fingerprint
+
+    search_dir = None if workdir is None else Path(workdir) / "gaussians_search"
+
+    def fit_dir(search):
+        full = search["pilot_steps"] == config.steps
+        return pilot_dir(search_dir, search["n"]) if full and search_dir else workdir
+
+    fingerprint = run_fingerprint(image, 0, config, None,
+                                  {**(run_info or {}), "pilot_steps": pilot_steps})
+    record_path = None if workdir is None else Path(workdir) / "gaussians_search.json"
+    if record_path is not None and resume and record_path.exists():
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            record = None
+        if isinstance(record, dict) and record.get("fingerprint") == fingerprint:
+            search = record["search"]
+            if progress:
+                print(f"gaussians=auto: N={search['n']} (the search in {record_path})")
+            return int(search["n"]), search, None, fit_dir(search)
+    log = (lambda line: print(f"gaussians=auto: {line}", flush=True)) if progress else None
+    n, search, fitted = choose_num_gaussians(
+        image, cr, method=method, key=key, backend=config.backend, config=config,
+        pilot_steps=pilot_steps, workdir=search_dir, resume=resume, run_info=run_info, log=log,
+        progress=progress)
+    if progress:
+        print(f"gaussians=auto: N={n} (paper {search['n_paper']}), "
+              f"{len(search['trials'])} pilots in {search['seconds']:.1f} s", flush=True)
+    if record_path is not None:
+        sio.atomic_write_bytes(record_path, sio.json_bytes({"fingerprint": fingerprint,
+                                                            "search": search}, indent=1))
+    return n, search, fitted, fit_dir(search)
+
+
 def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
                    method: str = "smartsplat", steps: int = 1000, backend: str = "auto",
                    seed: int = 0, gaussians="paper", progress: bool = True,
                    checkpoint_dir: str | os.PathLike | None = None, resume: bool = True,
-                   **overrides) -> tuple[bytes, dict]:
+                   auto_pilot_steps: int | None = None, **overrides) -> tuple[bytes, dict]:
     """Compresses an image file to .ssplat bytes (no output file written).
 
-    `gaussians`: how many Gaussians the budget buys: "paper" (N = floor(3HW / (7 CR))) or N
-    (`codec.rate.gaussians_for_budget`). `checkpoint_dir`: a folder for training
+    `gaussians`: how many Gaussians the budget buys: "paper" (N = floor(3HW / (7 CR))), N
+    (`codec.rate.gaussians_for_budget`) or "auto" (the N whose short pilot fit decodes best
+    at the budget, `gaussian_count`; result["gaussians_search"] has the pilots, each of
+    `auto_pilot_steps` steps, None: the whole run). `checkpoint_dir`: a folder for training
     checkpoints (resumed from when they belong to this run, see `train.fit`; None: none).
     `overrides` are FitConfig fields (qat_steps, lambda_l1, lr_*, checkpoint_every, ...).
 
@@ -293,25 +352,33 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
 
     config = config_for_method(method, steps=steps, backend=backend, **overrides)
     resolved = resolve_backend(config.backend)  # once, before anything is compiled
+    config = dataclasses.replace(config, backend=resolved)
     image = sio.load_image(image_path)
     h, w = image.shape[:2]
-    n = gaussians_for_budget(h, w, cr, gaussians)
+    key = jax.random.PRNGKey(seed)
     t0 = time.perf_counter()
-    params0, _ = initialize(method, jax.random.PRNGKey(seed), image, n)
-    budget = byte_budget(h, w, cr)
     run_info = {"method": method, "seed": seed, "cr": float(cr), "gaussians": str(gaussians)}
+    n, search, fitted, fit_dir = _choose_gaussians(
+        image, cr, gaussians, method, config, key, progress, workdir=checkpoint_dir,
+        resume=resume, run_info=run_info, pilot_steps=auto_pilot_steps)
+    budget = byte_budget(h, w, cr)
     diverged = None
-    try:
-        params, history = fit(image, params0, config, progress=progress,
-                              workdir=checkpoint_dir, resume=resume, run_info=run_info,
-                              quantizer=_quantizer(params0, h, w, budget, resolved))
-    except TrainingDiverged as e:
-        diverged, params, history = e, e.params, e.history
+    if fitted is not None:  # the chosen pilot of gaussians="auto" is the whole run
+        params, history = fitted
+    else:
+        params0, _ = initialize(method, key, image, n)
+        try:
+            params, history = fit(image, params0, config, progress=progress,
+                                  workdir=fit_dir, resume=resume, run_info=run_info,
+                                  quantizer=_quantizer(params0, h, w, budget, resolved))
+        except TrainingDiverged as e:
+            diverged, params, history = e, e.params, e.history
     params = _as_gaussian(params)
     data, rendered, info = _encode_and_decode(image, params, history, config, budget,
                                               history.get("backend") or resolved)
     result = {"image": str(image_path), "height": h, "width": w, "cr": float(cr),
-              "method": method, "gaussians": gaussians, "num_gaussians": n, "steps": steps,
+              "method": method, "gaussians": gaussians, "num_gaussians": n,
+              "gaussians_search": search, "steps": steps,
               "psnr": metrics.psnr(rendered, image), "seconds": time.perf_counter() - t0,
               "resumed_from": history["resumed_from"],
               "rollbacks": len(history.get("rollbacks", [])), "diverged": diverged, **info}
@@ -362,7 +429,7 @@ def _curve(history: dict) -> "object":
 def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: float = 20.0,
             method: str = "smartsplat", steps: int = 2000, backend: str = "auto",
             seed: int = 0, gaussians="paper", resume: bool = True, progress: bool = True,
-            visualize: bool = True, **overrides) -> dict:
+            visualize: bool = True, auto_pilot_steps: int | None = None, **overrides) -> dict:
     """Compresses one image with `method` and writes the outputs listed in the module doc.
 
     Args:
@@ -374,7 +441,12 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
       backend: renderer backend.
       seed: PRNG seed of the initialization.
       gaussians: how many Gaussians the budget buys: "paper" (N = floor(3HW / (7 CR)), as
-        the paper) or N (`codec.rate.gaussians_for_budget`).
+        the paper), N (`codec.rate.gaussians_for_budget`) or "auto": the N whose pilot fit
+        decodes best at the budget (`gaussian_count.choose_num_gaussians`; the pilots are in
+        metrics.json's "gaussians_search" and workdir/gaussians_search.json, which a resumed
+        run reuses; full-length pilots checkpoint under workdir/gaussians_search/).
+      auto_pilot_steps: steps of each pilot of gaussians="auto" (None: the whole run, exact;
+        the chosen pilot is then the result. Fewer: cheaper, biased towards more Gaussians).
       resume: continue from workdir/checkpoints when they belong to this run (same image,
         method, seed, CR, N and training config; another run's raise ValueError); False:
         delete them and start over (see `train.fit`).
@@ -393,13 +465,20 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
 
     config = config_for_method(method, steps=steps, backend=backend, **overrides)
     resolved = resolve_backend(config.backend)  # once, before anything is compiled
+    config = dataclasses.replace(config, backend=resolved)
     out = check_workdir(workdir)
     image = sio.load_image(image_path)
     h, w = image.shape[:2]
-    n = gaussians_for_budget(h, w, cr, gaussians)
+    key = jax.random.PRNGKey(seed)
+    run_info = {"method": method, "seed": seed, "cr": float(cr), "gaussians": str(gaussians)}
+    search_t0 = time.perf_counter()
+    n, search, fitted, fit_dir = _choose_gaussians(
+        image, cr, gaussians, method, config, key, progress, workdir=out, resume=resume,
+        run_info=run_info, pilot_steps=auto_pilot_steps)
+    search_seconds = time.perf_counter() - search_t0
 
     t0 = time.perf_counter()
-    params0, info = initialize(method, jax.random.PRNGKey(seed), image, n)
+    params0, info = initialize(method, key, image, n)
     jax.block_until_ready(params0)
     init_seconds = time.perf_counter() - t0
     if visualize:  # renders the initialization once, for the pictures and its PSNR
@@ -413,14 +492,16 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
         init_psnr = metrics.psnr(render(params0, h, w, backend=resolved), image)
 
     budget = byte_budget(h, w, cr)
-    run_info = {"method": method, "seed": seed, "cr": float(cr), "gaussians": str(gaussians)}
     diverged = None
-    try:
-        params, history = fit(image, params0, config, workdir=out, resume=resume,
-                              run_info=run_info, progress=progress,
-                              quantizer=_quantizer(params0, h, w, budget, resolved))
-    except TrainingDiverged as e:
-        diverged, params, history = e, e.params, e.history
+    if fitted is not None:  # the chosen pilot of gaussians="auto" is the whole run
+        params, history = fitted
+    else:
+        try:
+            params, history = fit(image, params0, config, workdir=fit_dir, resume=resume,
+                                  run_info=run_info, progress=progress,
+                                  quantizer=_quantizer(params0, h, w, budget, resolved))
+        except TrainingDiverged as e:
+            diverged, params, history = e, e.params, e.history
     params = _as_gaussian(params)
     data, rendered, info = _encode_and_decode(image, params, history, config, budget,
                                               history.get("backend") or resolved)
@@ -431,13 +512,15 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
         ms, ms_note = None, str(e)
     result = {
         "image": str(image_path), "height": h, "width": w, "cr": float(cr), "method": method,
-        "gaussians": gaussians, "num_gaussians": n, "steps": config.steps, "seed": seed,
+        "gaussians": gaussians, "num_gaussians": n, "gaussians_search": search,
+        "steps": config.steps, "seed": seed,
         "psnr": metrics.psnr(rendered, image), "ssim": metrics.ssim(rendered, image),
         "ms_ssim": ms, "ms_ssim_note": ms_note, **info, "init_psnr": init_psnr,
         # metrics.json is strict JSON: an infinite PSNR (exact reconstruction) is written as
         # null, and this flag says so.
         "lossless": bool(np.array_equal(rendered, image)),
-        "init_seconds": init_seconds, "train_seconds": history["train_seconds"],
+        "init_seconds": init_seconds, "search_seconds": search_seconds,
+        "train_seconds": history["train_seconds"],
         "compile_seconds": history["compile_seconds"],
         # Steady-state rate (compilation excluded); None after a resume, whose timing is split.
         "it_per_s": None if history["resumed_from"] is not None or diverged else

@@ -134,3 +134,14 @@ def test_decompress_writes_the_format_its_extension_names(compressed, tmp_path, 
     assert dst.read_bytes().startswith(magic)
     back = load_image(dst)
     assert back.shape == img.shape and metrics.psnr(back, img) > 15
+
+
+def test_gaussians_flag_takes_paper_auto_or_a_count(capsys):
+    from smartsplat_jax.cli import _parser
+
+    parse = lambda v: _parser().parse_args(  # noqa: E731
+        ["compress", "a.png", "a.ssplat", "--cr", "20", "--gaussians", v])
+    assert [parse(v).gaussians for v in ("paper", "auto", "120")] == ["paper", "auto", 120]
+    with pytest.raises(SystemExit):
+        parse("many")
+    assert "'many' is not paper, auto or an integer" in capsys.readouterr().err

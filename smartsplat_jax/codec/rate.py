@@ -60,15 +60,20 @@ def gaussians_for_budget(height: int, width: int, cr: float, gaussians="paper") 
       gaussians: "paper" (N = floor(3 H W / (7 CR)), SPEC §1: what the paper and the method
         comparisons use) or an integer N. Measured at equal bytes, more Gaussians on coarser
         grids can win (CR 50, 256^2 photo crops, 3,000 steps: 1.25x the paper's N +0.24 and
-        +0.47 dB) or lose (CR 20, a Kodak photo, 1,000 steps: 1.25x -0.40 dB, 1.5x -2.3 dB).
+        +0.47 dB) or lose (CR 20, a Kodak photo, 1,000 steps: 1.25x -0.40 dB, 1.5x -2.3 dB);
+        "auto" measures it per image (`gaussian_count`).
 
     Raises:
       ValueError: a bad mode, or an N outside [1, H*W] (the message gives the valid CRs).
     """
     if gaussians == "paper":
         return P.num_gaussians(height, width, cr)
+    if gaussians == "auto":
+        raise ValueError("gaussians='auto' is chosen by fitting pilots, not by a formula: use "
+                         "pipeline.compress_image / run_fit or "
+                         "gaussian_count.choose_num_gaussians")
     if isinstance(gaussians, bool) or not isinstance(gaussians, (int, np.integer)):
-        raise ValueError(f"gaussians={gaussians!r} must be 'paper' or an integer N")
+        raise ValueError(f"gaussians={gaussians!r} must be 'paper', 'auto' or an integer N")
     if not 1 <= gaussians <= height * width:
         raise ValueError(f"gaussians={gaussians} must be in [1, {height * width}] for a "
                          f"{height}x{width} image")
