@@ -111,7 +111,7 @@ def choose_num_gaussians(image, cr: float, *, method: str, config, key: jax.Arra
     from smartsplat_jax import params as P
     from smartsplat_jax.codec.rate import byte_budget
     from smartsplat_jax.pipeline import _as_gaussian, _encode_and_decode, _quantizer
-    from smartsplat_jax.train import TrainingDiverged, fit, initialize
+    from smartsplat_jax.train import TrainingDiverged, initialize, train_method
     from smartsplat_jax.train.config import default_qat_steps
 
     max_trials = MAX_TRIALS if max_trials is None else max_trials
@@ -149,11 +149,11 @@ def choose_num_gaussians(image, cr: float, *, method: str, config, key: jax.Arra
         params0, _ = initialize(method, key, image, n)
         diverged = False
         try:
-            params, history = fit(image, params0, pilot, progress=progress,
-                                  quantizer=_quantizer(params0, h, w, budget, backend),
-                                  workdir=None if workdir is None or not full else
-                                  pilot_dir(workdir, n),
-                                  resume=resume, run_info=run_info)
+            params, history = train_method(
+                method, image, params0, pilot, progress=progress,
+                quantizer=_quantizer(params0, h, w, budget, backend),
+                workdir=None if workdir is None or not full else pilot_dir(workdir, n),
+                resume=resume, run_info=run_info)
         except TrainingDiverged as e:
             params, history, diverged = e.params, e.history, True
         _, rendered, info = _encode_and_decode(image, _as_gaussian(params), history, pilot,

@@ -348,7 +348,8 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
       rollbacks and diverged (None, or the `TrainingDiverged` whose last good parameters
       `data` encodes).
     """
-    from smartsplat_jax.train import TrainingDiverged, config_for_method, fit, initialize
+    from smartsplat_jax.train import (TrainingDiverged, config_for_method, initialize,
+                                      train_method)
 
     config = config_for_method(method, steps=steps, backend=backend, **overrides)
     resolved = resolve_backend(config.backend)  # once, before anything is compiled
@@ -368,9 +369,10 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
     else:
         params0, _ = initialize(method, key, image, n)
         try:
-            params, history = fit(image, params0, config, progress=progress,
-                                  workdir=fit_dir, resume=resume, run_info=run_info,
-                                  quantizer=_quantizer(params0, h, w, budget, resolved))
+            params, history = train_method(
+                method, image, params0, config, progress=progress, workdir=fit_dir,
+                resume=resume, run_info=run_info,
+                quantizer=_quantizer(params0, h, w, budget, resolved))
         except TrainingDiverged as e:
             diverged, params, history = e, e.params, e.history
     params = _as_gaussian(params)
@@ -436,7 +438,7 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
       image_path: the image file.
       workdir: output folder (created).
       cr: target compression ratio: the file has at most floor(3 H W / CR) bytes.
-      method: "smartsplat", "random", "gaussianimage-rs" or "gaussianimage-cholesky".
+      method: "smartsplat", "random", "gaussianimage-rs", "gaussianimage-cholesky" or "lig".
       steps: training steps.
       backend: renderer backend.
       seed: PRNG seed of the initialization.
@@ -461,7 +463,8 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
         written first (image.ssplat, params.npz, recon.png, metrics.json with "diverged").
       TrainingInterrupted: SIGINT/SIGTERM, after writing a checkpoint.
     """
-    from smartsplat_jax.train import TrainingDiverged, config_for_method, fit, initialize
+    from smartsplat_jax.train import (TrainingDiverged, config_for_method, initialize,
+                                      train_method)
 
     config = config_for_method(method, steps=steps, backend=backend, **overrides)
     resolved = resolve_backend(config.backend)  # once, before anything is compiled
@@ -497,9 +500,10 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
         params, history = fitted
     else:
         try:
-            params, history = fit(image, params0, config, workdir=fit_dir, resume=resume,
-                                  run_info=run_info, progress=progress,
-                                  quantizer=_quantizer(params0, h, w, budget, resolved))
+            params, history = train_method(
+                method, image, params0, config, workdir=fit_dir, resume=resume,
+                run_info=run_info, progress=progress,
+                quantizer=_quantizer(params0, h, w, budget, resolved))
         except TrainingDiverged as e:
             diverged, params, history = e, e.params, e.history
     params = _as_gaussian(params)

@@ -15,7 +15,7 @@ _EXPORTS = {
     "default_qat_steps": "config",
     "TrainingDiverged": "loop", "TrainingInterrupted": "loop", "QatSchedule": "loop",
     "fit": "loop", "loss_value": "loop", "qat_schedule": "loop", "snap": "loop",
-    "initialize": "methods", "make_optimizer": "optim",
+    "initialize": "methods", "train_method": "methods", "make_optimizer": "optim",
 }
 
 __all__ = list(_EXPORTS)

@@ -7,7 +7,7 @@ import math
 
 __all__ = ["METHODS", "FitConfig", "config_for_method", "default_qat_steps"]
 
-METHODS = ("smartsplat", "random", "gaussianimage-rs", "gaussianimage-cholesky")
+METHODS = ("smartsplat", "random", "gaussianimage-rs", "gaussianimage-cholesky", "lig")
 LOSSES = ("smartsplat", "l2")
 OPTIMIZERS = ("adam", "adan")
 
@@ -23,7 +23,8 @@ class FitConfig:
       optimizer: "adam" (beta 0.9, 0.999, eps 1e-15) or "adan" (GaussianImage's Adan: betas
         0.98, 0.92, 0.99, eps 1e-8 outside the root; `train.optim.adan`).
       lr_means, lr_scales, lr_colors, lr_rotation, lr_opacity: learning rates per group
-        (means in normalized units, scales in pixels); 0 freezes a group (opacity: 0).
+        (means in normalized units, for method lig in pixels: `train.lig`; scales in
+        pixels); 0 freezes a group (opacity: 0).
       lr_halve_every: halve every rate each this many steps (0: constant).
       backend: renderer backend ("auto", "xla", "pallas", "reference").
       chunk_steps: steps per compiled lax.scan chunk (no host round trip inside a chunk).
@@ -136,7 +137,9 @@ def config_for_method(method: str, **overrides) -> FitConfig:
     smartsplat / random: SmartSplat's loss and Adam with per-group rates (they differ only in
     the initialization). gaussianimage-rs and gaussianimage-cholesky: L2 loss, Adan with
     rate 1e-3 for every group, halved every 20,000 steps, as the authors ran GaussianImage
-    (`train.py`, `optimizer.py`; the Cholesky factor takes lr_scales).
+    (`train.py`, `optimizer.py`; the Cholesky factor takes lr_scales). lig: L2 loss, Adam
+    at 0.018 for every group, constant, as LIG's `train.py`; its lr_means is in pixels per
+    step (`train.lig` converts it at each level's size).
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} must be one of {', '.join(METHODS)}")
@@ -144,5 +147,8 @@ def config_for_method(method: str, **overrides) -> FitConfig:
     if method in ("gaussianimage-rs", "gaussianimage-cholesky"):
         base = dict(loss="l2", optimizer="adan", lr_means=1e-3, lr_scales=1e-3, lr_colors=1e-3,
                     lr_rotation=1e-3, lr_opacity=0.0, lr_halve_every=20_000)
+    elif method == "lig":  # LIG's train.py: Adam at 0.018 for everything (see train.lig)
+        base = dict(loss="l2", optimizer="adam", lr_means=0.018, lr_scales=0.018,
+                    lr_colors=0.018, lr_rotation=0.018, lr_opacity=0.0, lr_halve_every=0)
     base.update(overrides)
     return FitConfig(**base).validate()

@@ -10,7 +10,7 @@ from smartsplat_jax.init import random_init, smart_init
 from smartsplat_jax.init.smart import check_image, check_num_gaussians
 from smartsplat_jax.train.config import METHODS
 
-__all__ = ["initialize", "gaussianimage_init", "gaussianimage_cholesky_init"]
+__all__ = ["initialize", "train_method", "gaussianimage_init", "gaussianimage_cholesky_init"]
 
 
 def gaussianimage_init(key: jax.Array, image, num_gaussians: int) -> tuple[P.GaussianParams, dict]:
@@ -47,8 +47,8 @@ def gaussianimage_cholesky_init(key: jax.Array, image, num_gaussians: int
 
 def initialize(method: str, key: jax.Array, image, num_gaussians: int):
     """(params, info) for `method` in METHODS: `GaussianParams`, or `CholeskyParams` for
-    gaussianimage-cholesky (`fit` trains either; convert with `to_gaussian_params` to
-    encode)."""
+    gaussianimage-cholesky and lig (`train_method` trains either; convert with
+    `to_gaussian_params` to encode). lig: both levels, level 0 first (`train.lig.lig_init`)."""
     if method == "smartsplat":
         return smart_init(key, image, num_gaussians)
     if method == "random":
@@ -57,4 +57,20 @@ def initialize(method: str, key: jax.Array, image, num_gaussians: int):
         return gaussianimage_init(key, image, num_gaussians)
     if method == "gaussianimage-cholesky":
         return gaussianimage_cholesky_init(key, image, num_gaussians)
+    if method == "lig":
+        from smartsplat_jax.train.lig import lig_init
+
+        return lig_init(key, image, num_gaussians)
     raise ValueError(f"method={method!r} must be one of {', '.join(METHODS)}")
+
+
+def train_method(method: str, image, params, config, **fit_kwargs):
+    """Trains `initialize(method, ...)`'s params: `train.fit`, or for lig its two levels
+    (`train.lig.fit_lig`). Same keywords and returns as `train.fit`."""
+    if method == "lig":
+        from smartsplat_jax.train.lig import fit_lig
+
+        return fit_lig(image, params, config, **fit_kwargs)
+    from smartsplat_jax.train.loop import fit
+
+    return fit(image, params, config, **fit_kwargs)
