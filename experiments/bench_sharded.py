@@ -58,7 +58,8 @@ def _row(size: str, devices: int) -> dict:
     flat = lambda g: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g)])  # noqa: E731
     grad_err = float(np.linalg.norm(flat(gd) - flat(g1)) / (np.linalg.norm(flat(g1)) + 1e-30))
     mem = banded.lower(params, target).compile().memory_analysis()
-    band_px = (S.band_rows(height, mesh) + 2 * S.HALO) * width
+    rows, cols = S.block_size(height, width, mesh)
+    band_px = (rows + 2 * S.HALO) * (cols + 2 * S.HALO)
     temp = None if mem is None else mem.temp_size_in_bytes
     return {"size": f"{width}x{height}", "cr": float(cr), "num_gaussians": n,
             "devices": devices, "device": jax.devices()[0].device_kind,

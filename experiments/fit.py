@@ -48,15 +48,24 @@ _PILOT = flags.DEFINE_integer("auto_pilot_steps", None,
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.")
 _RESUME = flags.DEFINE_bool("resume", True, "Continue from the workdir's newest checkpoint "
                             "of the same run (--noresume: delete them and start over).")
-_DEVICES = flags.DEFINE_integer("devices", None,
-                                "Train on this many devices, the image cut into one band of "
-                                "rows per device (train.sharded); default 1.")
+_DEVICES = flags.DEFINE_string("devices", None,
+                               "D: train on D devices, the image cut into one band of rows "
+                               "per device; RxC (e.g. 2x2): on an R x C mesh, the image cut "
+                               "into blocks (train.sharded); default 1.")
 _QAT = flags.DEFINE_integer("qat_steps", None,
                             "How many of the steps, at the end, train through the file's "
                             "quantizer (default 2 %, 20 to 1,000).")
 
 _TRAIN_FIELDS = ("lambda_l1", "lr_means", "lr_scales", "lr_colors", "lr_rotation",
                  "chunk_steps", "eval_every", "checkpoint_every", "max_retries")
+
+
+def _devices(v: str):
+    """A --devices value: "D" -> D, "RxC" -> (R, C); exits with a one-line error otherwise."""
+    parts = v.lower().split("x")
+    if len(parts) in (1, 2) and all(p.isdigit() for p in parts):
+        return int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    sys.exit(f"error: --devices={v!r} must be D or RxC (e.g. 4 or 2x2)")
 
 
 def main(argv):
@@ -73,7 +82,7 @@ def main(argv):
     gaussians = int(c.gaussians) if str(c.gaussians).isdigit() else c.gaussians
     overrides = {k: c[k] for k in _TRAIN_FIELDS if c.get(k) is not None}
     if _DEVICES.value is not None:
-        overrides["devices"] = _DEVICES.value
+        overrides["devices"] = _devices(_DEVICES.value)
     try:
         result = run_fit(image, c.workdir, cr=c.cr, method=c.method, steps=c.steps,
                          backend=c.backend, seed=c.seed, gaussians=gaussians,

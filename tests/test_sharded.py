@@ -1,4 +1,4 @@
-"""train.sharded: one image's loss over several devices, in bands, against one device.
+"""train.sharded: one image's loss over several devices, in bands or blocks, against one device.
 
 The checks run in a subprocess with four simulated CPU devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=4), which must be set before JAX starts."""
@@ -33,23 +33,23 @@ with enable_x64():  # the loss and its gradients, float64, an odd size (padded l
             return (losses.smartsplat_loss(r, jnp.asarray(img), 0.9) if kind == "smartsplat"
                     else mse), mse
         (l_ref, m_ref), g_ref = jax.value_and_grad(ref, has_aux=True)(p)
-        for d in (1, 2, 4):
-            mesh = S.band_mesh(jax.devices()[:d])
+        for shape in ((1, 1), (4, 1), (2, 2)):
+            mesh = S.block_mesh(jax.devices()[:shape[0] * shape[1]], shape)
             t = S.shard_target(img, mesh)
             (l, m), g = jax.value_and_grad(S.sharded_loss, has_aux=True)(p, t, h, w, mesh, 0.9, kind)
             err = max(float(jnp.max(jnp.abs(a - b)) / (1e-12 + jnp.max(jnp.abs(b))))
                       for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref)))
-            out[f"{kind}_{d}"] = [abs(float(l - l_ref)), abs(float(m - m_ref)), err]
+            out[f"{kind}_{shape[0]}x{shape[1]}"] = [abs(float(l - l_ref)), abs(float(m - m_ref)), err]
 img = load_image(DEMO_IMAGE)[150:246, 250:378]  # a short fit, float32, on 1 and 4 devices
 h, w = img.shape[:2]
 p0, _ = initialize("smartsplat", jax.random.PRNGKey(0), img, num_gaussians(h, w, 10))
-for d in (1, 4):
+for d in (1, 4, (2, 2)):
     cfg = config_for_method("smartsplat", steps=30, chunk_steps=10, eval_every=30, devices=d,
                             backend="xla")
     _, hist = fit(img, p0, cfg, progress=False)
     out[f"fit_{d}"] = {"loss": hist["loss"], "psnr": hist["eval"][-1]["psnr"],
                        "devices": hist["devices"]}
-for kw in ({"devices": 5}, {"devices": 2, "loss_fn": True}):
+for kw in ({"devices": 5}, {"devices": 2, "loss_fn": True}, {"devices": (3, 2)}):
     cfg = config_for_method("smartsplat", steps=2, devices=kw["devices"])
     try:
         fit(img, p0, cfg, progress=False,
@@ -70,15 +70,21 @@ def test_bands_over_four_devices_equal_one_device():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["devices"] == 4
     for kind in ("smartsplat", "l2"):
-        for d in (1, 2, 4):  # loss, mse and gradients (relative) equal to float64 rounding
-            loss_err, mse_err, grad_err = out[f"{kind}_{d}"]
-            assert loss_err < 1e-12 and mse_err < 1e-12 and grad_err < 1e-12, (kind, d)
-    one, four = out["fit_1"], out["fit_4"]
-    assert four["devices"] == 4 and one["devices"] == 1
-    # float32 training: the same run up to rounding (Adam amplifies it a little per step).
-    for a, b in zip(one["loss"], four["loss"]):
-        assert abs(a - b) <= 1e-3 * abs(a), (one["loss"], four["loss"])
-    assert abs(one["psnr"] - four["psnr"]) < 0.05, (one["psnr"], four["psnr"])
+        # bands (4 x 1) and blocks (2 x 2): loss, mse and gradients (relative) equal to
+        # float64 rounding
+        for shape in ("1x1", "4x1", "2x2"):
+            loss_err, mse_err, grad_err = out[f"{kind}_{shape}"]
+            assert loss_err < 1e-12 and mse_err < 1e-12 and grad_err < 1e-12, (kind, shape)
+    one = out["fit_1"]
+    assert one["devices"] == 1
+    for key, devices in (("fit_4", 4), ("fit_(2, 2)", [2, 2])):
+        many = out[key]
+        assert many["devices"] == devices
+        # float32 training: the same run up to rounding (Adam amplifies it a little per step).
+        for a, b in zip(one["loss"], many["loss"]):
+            assert abs(a - b) <= 1e-3 * abs(a), (key, one["loss"], many["loss"])
+        assert abs(one["psnr"] - many["psnr"]) < 0.05, (key, one["psnr"], many["psnr"])
     refusals = [v for k, v in out.items() if k.startswith("refused")]
-    assert "devices=5 but only 4 device(s)" in refusals[0]
+    assert "devices=5 needs 5 devices but only 4 device(s)" in refusals[0]
     assert "cannot be split over devices=2" in refusals[1]
+    assert "devices=(3, 2) needs 6 devices" in refusals[2]

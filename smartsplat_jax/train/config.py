@@ -44,8 +44,9 @@ class FitConfig:
         stops with `TrainingDiverged` (0: stop at once).
       retry_lr_factor: each retry multiplies every learning rate by this factor, in (0, 1).
       devices: train on this many devices (the first of `jax.devices()`), the image cut
-        into one band of rows per device (`train.sharded`; the xla rasterizer; the loss and
-        its gradients equal one device's up to float rounding). 1: one device.
+        into one band of rows per device, or on an (R, C) mesh of R x C devices, the image
+        cut into R x C blocks (`train.sharded`; the xla rasterizer; the loss and its
+        gradients equal one device's up to float rounding). 1: one device.
     """
 
     steps: int = 50_000
@@ -67,7 +68,7 @@ class FitConfig:
     color_bounds: tuple[float, float] | None = (-1.0, 2.0)
     max_retries: int = 3
     retry_lr_factor: float = 0.25
-    devices: int = 1
+    devices: int | tuple[int, int] = 1
 
     @property
     def qat_steps_used(self) -> int:
@@ -85,7 +86,14 @@ class FitConfig:
 
         positive_int("steps")
         positive_int("chunk_steps")
-        positive_int("devices")
+        d = self.devices
+        if isinstance(d, tuple):
+            if (len(d) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                                   for v in d)):
+                raise ValueError(f"devices={d!r} must be an integer >= 1 or a tuple of two "
+                                 "integers >= 1 (rows, columns)")
+        else:
+            positive_int("devices")
         for name in ("eval_every", "checkpoint_every", "lr_halve_every", "max_retries"):
             positive_int(name, allow_zero=True)
         if self.loss not in LOSSES:

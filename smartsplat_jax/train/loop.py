@@ -227,8 +227,9 @@ def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale
     finite at the end, bad: [F] int32, per field of the params (`_leaf_names`) the number
     of (Gaussian, step) pairs whose gradient had a non-finite entry (zeroed before the
     optimizer). `loss_fn`, `optimizer`: see `fit` (None: the config's).
-    `mesh`: with a `train.sharded.band_mesh`, `image` is the banded target
-    (`sharded.shard_target`) of an image of `size` (H, W), and the loss runs band by band."""
+    `mesh`: with a `train.sharded.block_mesh`, `image` is the blocked target
+    (`sharded.shard_target`) of an image of `size` (H, W), and the loss runs block by
+    block."""
     opt = optimizer if optimizer is not None else make_optimizer(config, hyper)
     config = dataclasses.replace(config, lambda_l1=hyper.lambda_l1)  # traced inside the step
     h, w = size if mesh is not None else image.shape[:2]
@@ -668,20 +669,24 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
 
 
 def _band_mesh(config: FitConfig, loss_fn):
-    """The band mesh of `config.devices` > 1 devices (`train.sharded`), else None; ValueError
-    for more devices than there are, or a custom loss (bands compute the config's loss)."""
-    if config.devices == 1:
+    """The R x C block mesh of `config.devices` (D: D x 1 bands; `train.sharded`), None for
+    one device; ValueError for more devices than there are, or a custom loss (the blocks
+    compute the config's loss)."""
+    from smartsplat_jax.train.sharded import block_mesh, mesh_shape
+
+    shape = mesh_shape(config.devices)
+    count = shape[0] * shape[1]
+    if count == 1:
         return None
     available = jax.devices()
-    if config.devices > len(available):
-        raise ValueError(f"devices={config.devices} but only {len(available)} device(s) are "
-                         f"available ({available[0].platform}); use 1 to {len(available)}")
+    if count > len(available):
+        raise ValueError(f"devices={config.devices} needs {count} devices but only "
+                         f"{len(available)} device(s) are available "
+                         f"({available[0].platform}); use 1 to {len(available)}")
     if loss_fn is not None:
         raise ValueError(f"loss_fn={_name(loss_fn)} cannot be split over devices={config.devices}"
-                         " (the bands compute the config's loss); use devices=1")
-    from smartsplat_jax.train.sharded import band_mesh
-
-    return band_mesh(available[:config.devices])
+                         " (the blocks compute the config's loss); use devices=1")
+    return block_mesh(available[:count], shape)
 
 
 def _name(fn) -> str:

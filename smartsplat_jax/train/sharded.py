@@ -1,33 +1,36 @@
-"""One image's loss over many devices: the image cut into horizontal bands, one per device.
+"""One image's loss over many devices: the image cut into blocks, one per device of a mesh.
 
-    mesh = band_mesh(jax.devices()[:4])
-    target = shard_target(image, mesh)                       # [D, rows + 10, W + 10, 3]
+    mesh = block_mesh(jax.devices()[:4], (2, 2))             # or band_mesh(devices): D x 1
+    target = shard_target(image, mesh)                       # [R, C, rows + 10, cols + 10, 3]
     loss, mse = sharded_loss(params, target, h, w, mesh, lambda_l1=0.9)
     (loss, mse), grads = jax.value_and_grad(sharded_loss, has_aux=True)(params, target, h, w,
                                                                         mesh)
 
 Equal to the single-device SmartSplat loss, `losses.smartsplat_loss(render(params, h, w),
 image, lambda_l1)`, and to its gradients, up to float rounding:
-  * Device d owns the rows [d * rows, (d + 1) * rows), rows = ceil(H / D), and renders them
-    with a halo of `filters.HALF` = 5 rows above and below (the SSIM window's reach): the
-    Gaussians, replicated on every device, are shifted into the band's frame and the xla
-    rasterizer culls those that miss it, so a device draws only its band's pairs.
-  * Pixels outside the image (the halo beyond the first and last rows, and the padding rows
-    when D does not divide H) are zero in the render and the target, and 5 zero columns pad
-    both sides: exactly the zero padding of the 'same' SSIM. The SSIM map of a band's own
-    rows, computed 'valid' over the band and its halo, is then the global map's.
-  * Each device sums |render - target| and the SSIM map over its own rows inside the image;
-    `psum` adds the bands. Gradients flow back through the shard_map to the replicated
-    parameters (their cotangents are summed over the devices).
+  * An R x C mesh cuts the image into R x C blocks of rows = ceil(H / R) by
+    cols = ceil(W / C) pixels. The device at (i, j) owns rows [i rows, (i + 1) rows) and
+    columns [j cols, (j + 1) cols), and renders them with a halo of `filters.HALF` = 5 pixels
+    on every side (the SSIM window's reach): the Gaussians, replicated on every device, are
+    shifted into the block's frame and the xla rasterizer culls those that miss it, so a
+    device draws only its block's pairs. A D x 1 mesh (`band_mesh`) gives bands of rows.
+  * Pixels outside the image (the halo beyond its edges, and the padding when R or C does not
+    divide H or W) are zero in the render and the target: exactly the zero padding of the
+    'same' SSIM. The SSIM map of a block's own pixels, computed 'valid' over the block and
+    its halo, is then the global map's.
+  * Each device sums |render - target| and the SSIM map over its own pixels inside the
+    image; `psum` over both mesh axes adds the blocks. Gradients flow back through the
+    shard_map to the replicated parameters (their cotangents are summed over the devices).
 
-Memory per device: the parameters and their projection (O(N)), plus one band of
-(rows + 10) x W pixels: the render, the target, SSIM's statistics and the rasterizer's tile
-accumulators. XLA's temporary buffers for the loss and its gradients measured 235-240 bytes
-per band pixel (512 x 512 and 1024 x 512 images, 2 and 4 CPU devices, CR 50).
+Memory per device: the parameters and their projection (O(N)), plus one block of
+(rows + 10) x (cols + 10) pixels: the render, the target, SSIM's statistics and the
+rasterizer's tile accumulators. XLA's temporary buffers for the loss and its gradients
+measured 235-240 bytes per band pixel (512 x 512 and 1024 x 512 images, 2 and 4 CPU devices,
+CR 50, bands).
 
-Limits: bands only (a 1 x D mesh); the halo rows are rendered twice (by both neighbours), a
-cost of 10 / rows of the render; the SSIM gradient is autodiff's, not the hand-written one
-of `losses`.
+Limits: the halo pixels are rendered twice (by both neighbours), a cost of about
+10 / rows + 10 / cols of the render; the SSIM gradient is autodiff's, not the hand-written
+one of `losses`.
 """
 
 from __future__ import annotations
@@ -44,60 +47,86 @@ from smartsplat_jax import filters
 from smartsplat_jax import params as P
 from smartsplat_jax.render.xla import render_xla
 
-__all__ = ["AXIS", "band_mesh", "band_rows", "shard_target", "sharded_loss"]
+__all__ = ["AXES", "block_mesh", "band_mesh", "block_size", "band_rows", "shard_target",
+           "sharded_loss", "mesh_shape"]
 
-AXIS = "bands"
+AXES = ("rows", "cols")
 HALO = filters.HALF
 
 
-def band_mesh(devices=None) -> Mesh:
-    """A 1-D mesh over `devices` (default: all), one band of rows each."""
+def mesh_shape(devices) -> tuple[int, int]:
+    """(R, C) of a `FitConfig.devices` value: D -> (D, 1) (bands), (R, C) -> (R, C)."""
+    if isinstance(devices, (tuple, list)):
+        return int(devices[0]), int(devices[1])
+    return int(devices), 1
+
+
+def block_mesh(devices=None, shape: tuple[int, int] | None = None) -> Mesh:
+    """An R x C mesh over `devices` (default: all), axes `AXES`, one block each; shape None:
+    (len(devices), 1), bands of rows."""
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
-        raise ValueError("band_mesh: devices is empty; give at least one device")
-    return Mesh(np.asarray(devices), (AXIS,))
+        raise ValueError("block_mesh: devices is empty; give at least one device")
+    r, c = (len(devices), 1) if shape is None else shape
+    if r * c != len(devices):
+        raise ValueError(f"block_mesh: shape={shape!r} needs {r * c} devices, "
+                         f"given {len(devices)}")
+    return Mesh(np.asarray(devices).reshape(r, c), AXES)
+
+
+def band_mesh(devices=None) -> Mesh:
+    """A D x 1 mesh over `devices` (default: all), one band of rows each."""
+    return block_mesh(devices)
+
+
+def block_size(height: int, width: int, mesh: Mesh) -> tuple[int, int]:
+    """(rows, cols) each device owns: (ceil(H / R), ceil(W / C))."""
+    r, c = mesh.devices.shape
+    return math.ceil(height / r), math.ceil(width / c)
 
 
 def band_rows(height: int, mesh: Mesh) -> int:
-    """Rows each device owns: ceil(H / D)."""
-    return math.ceil(height / mesh.devices.size)
+    """Rows each device owns: ceil(H / R)."""
+    return math.ceil(height / mesh.devices.shape[0])
 
 
 def shard_target(image, mesh: Mesh) -> jax.Array:
-    """The target cut into the mesh's bands: [D, rows + 10, W + 10, 3], band d holding rows
-    [d * rows - 5, (d + 1) * rows + 5) of the image with zeros outside it (and 5 zero
-    columns each side), placed one band per device."""
+    """The target cut into the mesh's blocks: [R, C, rows + 10, cols + 10, 3], block (i, j)
+    holding rows [i rows - 5, (i + 1) rows + 5) and columns [j cols - 5, (j + 1) cols + 5)
+    of the image with zeros outside it, placed one block per device."""
     img = np.asarray(image)
     img = img.astype(np.result_type(img.dtype, np.float32))  # float32, or float64 kept
     h, w = img.shape[:2]
-    d, rows = mesh.devices.size, band_rows(h, mesh)
-    padded = np.zeros((d * rows + 2 * HALO, w + 2 * HALO, img.shape[2]), img.dtype)
+    (r, c), (rows, cols) = mesh.devices.shape, block_size(h, w, mesh)
+    padded = np.zeros((r * rows + 2 * HALO, c * cols + 2 * HALO, img.shape[2]), img.dtype)
     padded[HALO:HALO + h, HALO:HALO + w] = img
-    bands = np.stack([padded[i * rows:i * rows + rows + 2 * HALO] for i in range(d)])
-    return jax.device_put(bands, NamedSharding(mesh, PartitionSpec(AXIS)))
+    blocks = np.stack([np.stack([padded[i * rows:i * rows + rows + 2 * HALO,
+                                        j * cols:j * cols + cols + 2 * HALO]
+                                 for j in range(c)]) for i in range(r)])
+    return jax.device_put(blocks, NamedSharding(mesh, PartitionSpec(*AXES)))
 
 
-def _band_sums(params: P.GaussianParams, target: jax.Array, height: int, width: int,
-               rows: int, with_ssim: bool):
-    """(sum |r - t|, sum (r - t)^2, sum of SSIM) over the band's own rows inside the image
+def _block_sums(params: P.GaussianParams, target: jax.Array, height: int, width: int,
+                rows: int, cols: int, with_ssim: bool):
+    """(sum |r - t|, sum (r - t)^2, sum of SSIM) over the block's own pixels inside the image
     (SSIM 0 when not `with_ssim`)."""
-    band = jax.lax.axis_index(AXIS)
-    top = band * rows - HALO  # image row of the band's first (halo) row
-    hb = rows + 2 * HALO
+    top = jax.lax.axis_index(AXES[0]) * rows - HALO  # image row of the block's first row
+    left = jax.lax.axis_index(AXES[1]) * cols - HALO  # image column of its first column
+    hb, wb = rows + 2 * HALO, cols + 2 * HALO
     pix = P.normalized_to_pixel(params.means, height, width)
-    pix = pix - jnp.stack([jnp.zeros((), pix.dtype), top.astype(pix.dtype)])
-    shifted = params.replace(means=P.pixel_to_normalized(pix, hb, width))
-    rendered = render_xla(shifted, hb, width)
-    image_row = top + jnp.arange(hb)
-    inside = ((image_row >= 0) & (image_row < height))[:, None, None]
+    pix = pix - jnp.stack([left, top]).astype(pix.dtype)
+    shifted = params.replace(means=P.pixel_to_normalized(pix, hb, wb))
+    rendered = render_xla(shifted, hb, wb)
+    image_row, image_col = top + jnp.arange(hb), left + jnp.arange(wb)
+    inside = (((image_row >= 0) & (image_row < height))[:, None, None]
+              & ((image_col >= 0) & (image_col < width))[None, :, None])
     rendered = jnp.where(inside, rendered, 0.0)
-    rendered = jnp.pad(rendered, ((0, 0), (HALO, HALO), (0, 0)))
-    t = target[0]
-    own = (image_row[HALO:HALO + rows] < height)[:, None, None]
-    diff = jnp.where(own, (rendered - t)[HALO:HALO + rows], 0.0)
+    t = target[0, 0]
+    own = inside[HALO:HALO + rows, HALO:HALO + cols]
+    diff = jnp.where(own, (rendered - t)[HALO:HALO + rows, HALO:HALO + cols], 0.0)
     ssim_sum = jnp.zeros((), rendered.dtype)
     if with_ssim:
-        ssim_map, _ = filters.ssim_maps_valid(rendered, t)  # [rows, W, 3]: the own rows
+        ssim_map, _ = filters.ssim_maps_valid(rendered, t)  # [rows, cols, 3]: own pixels
         ssim_sum = jnp.sum(jnp.where(own, ssim_map, 0.0))
     return jnp.sum(jnp.abs(diff)), jnp.sum(diff * diff), ssim_sum
 
@@ -105,23 +134,23 @@ def _band_sums(params: P.GaussianParams, target: jax.Array, height: int, width: 
 @functools.partial(jax.jit, static_argnames=("height", "width", "mesh", "loss"))
 def sharded_loss(params: P.GaussianParams, target: jax.Array, height: int, width: int,
                  mesh: Mesh, lambda_l1: float = 0.9, loss: str = "smartsplat"):
-    """(loss, mse) of `params` against the banded `target` (`shard_target`) of an H x W
-    image, computed band by band on `mesh`: loss "smartsplat" (`losses.smartsplat_loss` of
+    """(loss, mse) of `params` against the blocked `target` (`shard_target`) of an H x W
+    image, computed block by block on `mesh`: loss "smartsplat" (`losses.smartsplat_loss` of
     the render, weight `lambda_l1`, which may be traced) or "l2" (the MSE). Differentiable
     with respect to `params` (replicated on every device); use has_aux for the mse."""
     if loss not in ("smartsplat", "l2"):
         raise ValueError(f"loss={loss!r} must be smartsplat or l2 for a sharded image")
-    rows = band_rows(height, mesh)
+    rows, cols = block_size(height, width, mesh)
 
-    def per_band(p, t):
-        sums = _band_sums(p, t, height, width, rows, loss == "smartsplat")
-        return tuple(jax.lax.psum(v, AXIS) for v in sums)
+    def per_block(p, t):
+        sums = _block_sums(p, t, height, width, rows, cols, loss == "smartsplat")
+        return tuple(jax.lax.psum(v, AXES) for v in sums)
 
-    spec = PartitionSpec(AXIS)
-    # check_vma=False: the rasterizer's loops start from constants that become per-band
+    # check_vma=False: the rasterizer's loops start from constants that become per-block
     # values; shard_map then treats every value as varying, and the replicated parameters'
-    # cotangents are summed over the bands.
-    l1, l2, ssim_sum = jax.shard_map(per_band, mesh=mesh, in_specs=(PartitionSpec(), spec),
+    # cotangents are summed over the blocks.
+    l1, l2, ssim_sum = jax.shard_map(per_block, mesh=mesh,
+                                     in_specs=(PartitionSpec(), PartitionSpec(*AXES)),
                                      out_specs=(PartitionSpec(),) * 3,
                                      check_vma=False)(params, target)
     count = height * width * 3
