@@ -150,7 +150,8 @@ def choose_num_gaussians(image, cr: float, *, method: str, config, key: jax.Arra
         diverged = False
         try:
             params, history = train_method(
-                method, image, params0, pilot, progress=progress,
+                method, image, params0, pilot, key=jax.random.fold_in(key, 1),
+                progress=progress,
                 quantizer=_quantizer(params0, h, w, budget, backend),
                 workdir=None if workdir is None or not full else pilot_dir(workdir, n),
                 resume=resume, run_info=run_info)

@@ -370,7 +370,8 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
         params0, _ = initialize(method, key, image, n)
         try:
             params, history = train_method(
-                method, image, params0, config, progress=progress, workdir=fit_dir,
+                method, image, params0, config, key=jax.random.fold_in(key, 1),
+                progress=progress, workdir=fit_dir,
                 resume=resume, run_info=run_info,
                 quantizer=_quantizer(params0, h, w, budget, resolved))
         except TrainingDiverged as e:
@@ -438,7 +439,8 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
       image_path: the image file.
       workdir: output folder (created).
       cr: target compression ratio: the file has at most floor(3 H W / CR) bytes.
-      method: "smartsplat", "random", "gaussianimage-rs", "gaussianimage-cholesky" or "lig".
+      method: "smartsplat", "random", "gaussianimage-rs", "gaussianimage-cholesky", "lig" or
+        "imagegs".
       steps: training steps.
       backend: renderer backend.
       seed: PRNG seed of the initialization.
@@ -501,7 +503,8 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
     else:
         try:
             params, history = train_method(
-                method, image, params0, config, workdir=fit_dir, resume=resume,
+                method, image, params0, config, key=jax.random.fold_in(key, 1),
+                workdir=fit_dir, resume=resume,
                 run_info=run_info, progress=progress,
                 quantizer=_quantizer(params0, h, w, budget, resolved))
         except TrainingDiverged as e:

@@ -7,7 +7,8 @@ import math
 
 __all__ = ["METHODS", "FitConfig", "config_for_method", "default_qat_steps"]
 
-METHODS = ("smartsplat", "random", "gaussianimage-rs", "gaussianimage-cholesky", "lig")
+METHODS = ("smartsplat", "random", "gaussianimage-rs", "gaussianimage-cholesky", "lig",
+           "imagegs")
 LOSSES = ("smartsplat", "l2")
 OPTIMIZERS = ("adam", "adan")
 
@@ -147,12 +148,13 @@ def config_for_method(method: str, **overrides) -> FitConfig:
     rate 1e-3 for every group, halved every 20,000 steps, as the authors ran GaussianImage
     (`train.py`, `optimizer.py`; the Cholesky factor takes lr_scales). lig: L2 loss, Adam
     at 0.018 for every group, constant, as LIG's `train.py`; its lr_means is in pixels per
-    step (`train.lig` converts it at each level's size).
+    step (`train.lig` converts it at each level's size). imagegs: gaussianimage-rs's
+    (`train.imagegs` adds Image-GS's init and progressive addition).
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} must be one of {', '.join(METHODS)}")
     base = {}
-    if method in ("gaussianimage-rs", "gaussianimage-cholesky"):
+    if method in ("gaussianimage-rs", "gaussianimage-cholesky", "imagegs"):
         base = dict(loss="l2", optimizer="adan", lr_means=1e-3, lr_scales=1e-3, lr_colors=1e-3,
                     lr_rotation=1e-3, lr_opacity=0.0, lr_halve_every=20_000)
     elif method == "lig":  # LIG's train.py: Adam at 0.018 for everything (see train.lig)

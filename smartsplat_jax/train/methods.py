@@ -48,7 +48,8 @@ def gaussianimage_cholesky_init(key: jax.Array, image, num_gaussians: int
 def initialize(method: str, key: jax.Array, image, num_gaussians: int):
     """(params, info) for `method` in METHODS: `GaussianParams`, or `CholeskyParams` for
     gaussianimage-cholesky and lig (`train_method` trains either; convert with
-    `to_gaussian_params` to encode). lig: both levels, level 0 first (`train.lig.lig_init`)."""
+    `to_gaussian_params` to encode). lig: both levels, level 0 first (`train.lig.lig_init`);
+    imagegs: N rows, half of them active (`train.imagegs.imagegs_init`)."""
     if method == "smartsplat":
         return smart_init(key, image, num_gaussians)
     if method == "random":
@@ -61,16 +62,27 @@ def initialize(method: str, key: jax.Array, image, num_gaussians: int):
         from smartsplat_jax.train.lig import lig_init
 
         return lig_init(key, image, num_gaussians)
+    if method == "imagegs":
+        from smartsplat_jax.train.imagegs import imagegs_init
+
+        return imagegs_init(key, image, num_gaussians)
     raise ValueError(f"method={method!r} must be one of {', '.join(METHODS)}")
 
 
-def train_method(method: str, image, params, config, **fit_kwargs):
+def train_method(method: str, image, params, config, *, key: jax.Array | None = None,
+                 **fit_kwargs):
     """Trains `initialize(method, ...)`'s params: `train.fit`, or for lig its two levels
-    (`train.lig.fit_lig`). Same keywords and returns as `train.fit`."""
+    (`train.lig.fit_lig`), for imagegs its stages of progressive addition
+    (`train.imagegs.fit_imagegs`, which samples with `key`). Same keywords and returns as
+    `train.fit`."""
     if method == "lig":
         from smartsplat_jax.train.lig import fit_lig
 
         return fit_lig(image, params, config, **fit_kwargs)
+    if method == "imagegs":
+        from smartsplat_jax.train.imagegs import fit_imagegs
+
+        return fit_imagegs(image, params, config, key=key, **fit_kwargs)
     from smartsplat_jax.train.loop import fit
 
     return fit(image, params, config, **fit_kwargs)
