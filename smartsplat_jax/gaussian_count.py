@@ -110,8 +110,8 @@ def choose_num_gaussians(image, cr: float, *, method: str, config, key: jax.Arra
     """
     from smartsplat_jax import params as P
     from smartsplat_jax.codec.rate import byte_budget
-    from smartsplat_jax.pipeline import _as_gaussian, _encode_and_decode, _quantizer
-    from smartsplat_jax.train import TrainingDiverged, initialize, train_method
+    from smartsplat_jax.pipeline import _as_gaussian, _encode_and_decode, _train
+    from smartsplat_jax.train import initialize
     from smartsplat_jax.train.config import default_qat_steps
 
     max_trials = MAX_TRIALS if max_trials is None else max_trials
@@ -147,16 +147,11 @@ def choose_num_gaussians(image, cr: float, *, method: str, config, key: jax.Arra
         if log is not None:
             log(f"pilot {len(trials) + 1}/{max_trials}: N={n} (rung {k:+d}), {steps} steps")
         params0, _ = initialize(method, key, image, n)
-        diverged = False
-        try:
-            params, history = train_method(
-                method, image, params0, pilot, key=jax.random.fold_in(key, 1),
-                progress=progress,
-                quantizer=_quantizer(params0, h, w, budget, backend),
-                workdir=None if workdir is None or not full else pilot_dir(workdir, n),
-                resume=resume, run_info=run_info)
-        except TrainingDiverged as e:
-            params, history, diverged = e.params, e.history, True
+        params, history, stopped = _train(
+            method, image, params0, pilot, key, budget, progress=progress, resume=resume,
+            workdir=None if workdir is None or not full else pilot_dir(workdir, n),
+            run_info=run_info)
+        diverged = stopped is not None
         _, rendered, info = _encode_and_decode(image, _as_gaussian(params), history, pilot,
                                                budget, backend)
         psnr = float(metrics.psnr(rendered, image))

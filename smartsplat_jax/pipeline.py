@@ -94,6 +94,23 @@ def _quantizer(params, height: int, width: int, budget: int, backend: str):
     return BudgetQuantizer(height, width, budget, backend=backend)
 
 
+def _train(method: str, image, params0, config: "FitConfig", key: jax.Array, budget: int,
+           **fit_kwargs):
+    """(params, history, None) from `train.train_method` with the file's quantizer (its
+    sampling key folded from `key`, config.backend a concrete name), or, when training
+    diverges, (the last good params, their history, the `TrainingDiverged`)."""
+    from smartsplat_jax.train import TrainingDiverged, train_method
+
+    h, w = int(image.shape[0]), int(image.shape[1])
+    try:
+        params, history = train_method(
+            method, image, params0, config, key=jax.random.fold_in(key, 1),
+            quantizer=_quantizer(params0, h, w, budget, config.backend), **fit_kwargs)
+    except TrainingDiverged as e:
+        return e.params, e.history, e
+    return params, history, None
+
+
 def _as_gaussian(params) -> P.GaussianParams:
     """`params` as GaussianParams (the file's scales and angles)."""
     return params.to_gaussian_params() if isinstance(params, P.CholeskyParams) else params
@@ -348,8 +365,7 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
       rollbacks and diverged (None, or the `TrainingDiverged` whose last good parameters
       `data` encodes).
     """
-    from smartsplat_jax.train import (TrainingDiverged, config_for_method, initialize,
-                                      train_method)
+    from smartsplat_jax.train import config_for_method, initialize
 
     config = config_for_method(method, steps=steps, backend=backend, **overrides)
     resolved = resolve_backend(config.backend)  # once, before anything is compiled
@@ -368,14 +384,9 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
         params, history = fitted
     else:
         params0, _ = initialize(method, key, image, n)
-        try:
-            params, history = train_method(
-                method, image, params0, config, key=jax.random.fold_in(key, 1),
-                progress=progress, workdir=fit_dir,
-                resume=resume, run_info=run_info,
-                quantizer=_quantizer(params0, h, w, budget, resolved))
-        except TrainingDiverged as e:
-            diverged, params, history = e, e.params, e.history
+        params, history, diverged = _train(method, image, params0, config, key, budget,
+                                           progress=progress, workdir=fit_dir, resume=resume,
+                                           run_info=run_info)
     params = _as_gaussian(params)
     data, rendered, info = _encode_and_decode(image, params, history, config, budget,
                                               history.get("backend") or resolved)
@@ -465,8 +476,7 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
         written first (image.ssplat, params.npz, recon.png, metrics.json with "diverged").
       TrainingInterrupted: SIGINT/SIGTERM, after writing a checkpoint.
     """
-    from smartsplat_jax.train import (TrainingDiverged, config_for_method, initialize,
-                                      train_method)
+    from smartsplat_jax.train import TrainingDiverged, config_for_method, initialize
 
     config = config_for_method(method, steps=steps, backend=backend, **overrides)
     resolved = resolve_backend(config.backend)  # once, before anything is compiled
@@ -501,14 +511,9 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
     if fitted is not None:  # the chosen pilot of gaussians="auto" is the whole run
         params, history = fitted
     else:
-        try:
-            params, history = train_method(
-                method, image, params0, config, key=jax.random.fold_in(key, 1),
-                workdir=fit_dir, resume=resume,
-                run_info=run_info, progress=progress,
-                quantizer=_quantizer(params0, h, w, budget, resolved))
-        except TrainingDiverged as e:
-            diverged, params, history = e, e.params, e.history
+        params, history, diverged = _train(method, image, params0, config, key, budget,
+                                           workdir=fit_dir, resume=resume, run_info=run_info,
+                                           progress=progress)
     params = _as_gaussian(params)
     data, rendered, info = _encode_and_decode(image, params, history, config, budget,
                                               history.get("backend") or resolved)
