@@ -534,7 +534,8 @@ def test_output_size_hand_values():
 def test_gaussians_for_budget_paper_or_explicit():
     assert gaussians_for_budget(512, 768, 20, "paper") == 3 * 512 * 768 // (7 * 20) == 8426
     assert gaussians_for_budget(512, 768, 20, 1234) == 1234
-    for bad, needle in (("auto", "'auto' must be 'paper' or an integer"),
+    for bad, needle in (("many", "'many' must be 'paper', 'auto' or an integer"),
+                        ("auto", "'auto' is chosen by fitting pilots"),
                         (True, "True must be"), (2.5, "2.5 must be"),
                         (0, "0 must be in [1, 393216]"), (10 ** 7, "must be in [1, 393216]")):
         with pytest.raises(ValueError) as e:

@@ -250,8 +250,10 @@ def test_smart_init_is_pinned():
 # ---- the whole initialization ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("h,w,cr", [(40, 60, 20), (40, 60, 3 / 7), (40, 60, 3 * 2400 / 7 - 1),
-                                     (1, 200, 2), (200, 1, 5), (33, 47, 1), (64, 64, 100)])
+@pytest.mark.parametrize("h,w,cr", [
+    pytest.param(40, 60, 20, marks=pytest.mark.slow),  # ~10 s each; the edge cases stay fast
+    pytest.param(40, 60, 3 / 7, marks=pytest.mark.slow),
+    (40, 60, 3 * 2400 / 7 - 1), (1, 200, 2), (200, 1, 5), (33, 47, 1), (64, 64, 100)])
 def test_exact_count_for_many_sizes(h, w, cr):
     rng = np.random.default_rng(h * w)
     img = rng.random((h, w, 3)).astype(np.float32)

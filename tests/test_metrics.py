@@ -170,7 +170,8 @@ def test_ssim_loss_gradient_check():
         check_grads(lambda a: losses.smartsplat_loss(a, y), (x,), order=1, modes=("rev",))
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (6, 9), (23, 17)])
+@pytest.mark.parametrize("shape", [(1, 1), pytest.param((6, 9), marks=pytest.mark.slow),
+                                   (23, 17)])  # ~10 s each
 def test_hand_written_ssim_gradient_equals_autodiff(shape):
     # The training loss's SSIM against a constant target has a hand-written backward pass;
     # autodiff through the general path (y not constant) is the oracle, in float64.

@@ -65,6 +65,7 @@ def test_forward_and_gradients_equal_xla(h, w):
     _assert_grads_close(ga, gb, 1e-4)
 
 
+@pytest.mark.slow  # interpreted Pallas on CPU: 25-75 s
 def test_empty_tiles_and_batch_boundaries_equal_reference_float64():
     # Tiles holding exactly 0, 1, batch, batch + 1 and 2 batch + 1 Gaussians: every way the
     # kernels' inner loop can start and stop. Compared with the dense oracle in float64.
@@ -132,6 +133,7 @@ def test_binning_lists_each_tiles_gaussians_in_order():
         np.testing.assert_array_equal(sorted_gid[bounds[t]:bounds[t + 1]], want)
 
 
+@pytest.mark.slow  # interpreted Pallas on CPU: 25-75 s
 def test_overflow_falls_back_to_xla_and_exact_capacity_uses_kernels():
     h, w = 30, 44
     p = scene(8, 150, h, w)
@@ -178,6 +180,7 @@ def test_public_render_pallas_is_deterministic_and_jittable():
     assert float(img.min()) >= 0.0 and float(img.max()) <= 1.0
 
 
+@pytest.mark.slow  # interpreted Pallas on CPU: 25-75 s
 def test_short_training_run_matches_xla():
     h, w = 24, 32
     rng = np.random.default_rng(0)
@@ -199,6 +202,7 @@ def test_short_training_run_matches_xla():
                                    err_msg=f)
 
 
+@pytest.mark.slow  # interpreted Pallas on CPU: 25-75 s
 def test_cholesky_params_equal_xla():
     # GaussianImage's Cholesky parameterisation goes through the same projection.
     rng = np.random.default_rng(5)
@@ -277,6 +281,7 @@ def test_auto_on_a_supported_gpu_picks_pallas_only_when_measured_faster(
     assert auto.auto_backend(_fake_gpu("7.5", "Tesla T4")) == "xla"
 
 
+@pytest.mark.slow  # interpreted Pallas on CPU: 25-75 s
 def test_auto_probe_runs_even_when_first_resolved_inside_jit(monkeypatch):
     # The real probe (both backends timed; here on the CPU, at 48x48), started while a
     # function is being traced: it must measure eagerly, not fail or get staged.

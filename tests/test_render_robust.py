@@ -151,6 +151,7 @@ def test_any_finite_parameters_give_finite_renders_and_gradients(p):
         _assert_finite_tree(g, backend)
 
 
+@pytest.mark.slow  # interpreted Pallas on CPU, 10 scenes: ~15-20 s
 @settings(max_examples=10, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(_scenes())

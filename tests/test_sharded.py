@@ -43,7 +43,7 @@ with enable_x64():  # the loss and its gradients, float64, an odd size (padded l
 img = load_image(DEMO_IMAGE)[150:246, 250:378]  # a short fit, float32, on 1 and 4 devices
 h, w = img.shape[:2]
 p0, _ = initialize("smartsplat", jax.random.PRNGKey(0), img, num_gaussians(h, w, 10))
-for d in (1, 4, (2, 2)):
+for d in (1, (2, 2)):  # the float64 checks above cover bands; one fit on blocks
     cfg = config_for_method("smartsplat", steps=30, chunk_steps=10, eval_every=30, devices=d,
                             backend="xla")
     _, hist = fit(img, p0, cfg, progress=False)
@@ -77,7 +77,7 @@ def test_bands_over_four_devices_equal_one_device():
             assert loss_err < 1e-12 and mse_err < 1e-12 and grad_err < 1e-12, (kind, shape)
     one = out["fit_1"]
     assert one["devices"] == 1
-    for key, devices in (("fit_4", 4), ("fit_(2, 2)", [2, 2])):
+    for key, devices in (("fit_(2, 2)", [2, 2]),):
         many = out[key]
         assert many["devices"] == devices
         # float32 training: the same run up to rounding (Adam amplifies it a little per step).
