@@ -1,13 +1,14 @@
-"""Benchmark one image's loss over several devices, in bands (`smartsplat_jax.train.sharded`).
+"""Benchmark one image's loss over several devices, in bands or blocks (`train.sharded`).
 
-  python -m experiments.bench_sharded --sizes=512x512@20 --devices=1,2,4
+  python -m experiments.bench_sharded --sizes=512x512@20 --devices=1,2,4,2x2
   python -m experiments.bench_sharded --simulate=4 ...   # 4 CPU devices on a CPU-only host
 
-For each size and device count: the loss's forward+backward in bands (median ms), the
+For each size and mesh (D: D x 1 bands of rows; RxC: R x C blocks): the loss's
+forward+backward over the mesh (median ms, column "bands_ms" whatever the mesh), the
 one-device `train.loss_value` for comparison, the difference of the loss and the relative
 difference of the gradients from it (|g_bands - g_one| / |g_one| over all parameters; float32,
 and the one-device SSIM backward is the hand-written one), and XLA's per-device buffer sizes
-of the banded program (temporaries per band pixel). The scene is the demo photo tiled to the size with a SmartSplat initialization.
+of the sharded program (temporaries per pixel of a device's block, halo included). The scene is the demo photo tiled to the size with a SmartSplat initialization.
 Prints a table and writes JSON.
 """
 
@@ -21,7 +22,8 @@ from absl import app, flags
 from experiments.common import interruptible, write_json
 
 _SIZES = flags.DEFINE_list("sizes", ["512x512@20"], "WIDTHxHEIGHT@CR entries.")
-_DEVICES = flags.DEFINE_list("devices", ["1", "2", "4"], "Device counts (bands).")
+_DEVICES = flags.DEFINE_list("devices", ["1", "2", "4"], "Meshes: D (D x 1 bands) or RxC "
+                              "(R x C blocks).")
 _SIMULATE = flags.DEFINE_integer("simulate", 0, "Simulate this many CPU devices "
                                  "(XLA_FLAGS=--xla_force_host_platform_device_count; the "
                                  "launcher restarts itself with it). 0: the real devices.")
@@ -31,7 +33,15 @@ _OUT = flags.DEFINE_string("out", "results/bench_sharded.json", "JSON output pat
 _FLAG = "--xla_force_host_platform_device_count"
 
 
-def _row(size: str, devices: int) -> dict:
+def _mesh_shape(entry: str) -> tuple[int, int] | None:
+    """(R, C) of a --devices entry ("D" or "RxC"), None if malformed."""
+    parts = entry.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        return None
+    return (int(parts[0]), 1) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+
+
+def _row(size: str, shape: tuple[int, int]) -> dict:
     import jax
     import numpy as np
 
@@ -50,7 +60,8 @@ def _row(size: str, devices: int) -> dict:
     params, _ = initialize("smartsplat", jax.random.PRNGKey(0), image, n)
     config = FitConfig(backend="xla")
     one = jax.jit(jax.value_and_grad(lambda q: loss_value(q, image, config)[0]))
-    mesh = S.band_mesh(jax.devices()[:devices])
+    devices = shape[0] * shape[1]
+    mesh = S.block_mesh(jax.devices()[:devices], shape)
     target = S.shard_target(image, mesh)
     banded = jax.jit(jax.value_and_grad(
         lambda q, t: S.sharded_loss(q, t, height, width, mesh)[0]))
@@ -62,7 +73,8 @@ def _row(size: str, devices: int) -> dict:
     band_px = (rows + 2 * S.HALO) * (cols + 2 * S.HALO)
     temp = None if mem is None else mem.temp_size_in_bytes
     return {"size": f"{width}x{height}", "cr": float(cr), "num_gaussians": n,
-            "devices": devices, "device": jax.devices()[0].device_kind,
+            "devices": devices, "mesh": f"{shape[0]}x{shape[1]}",
+            "device": jax.devices()[0].device_kind,
             "one_device_ms": 1e3 * median_seconds(one, params, repeats=_REPEATS.value),
             "bands_ms": 1e3 * median_seconds(banded, params, target, repeats=_REPEATS.value),
             "loss_abs_diff": abs(float(ld) - float(l1)), "grad_rel_diff": grad_err,
@@ -79,20 +91,22 @@ def main(argv):
                                     *sys.argv[1:]], env)
     import jax
 
-    counts = [int(d) for d in _DEVICES.value]
-    bad = [d for d in counts if not 1 <= d <= len(jax.devices())]
+    shapes = [_mesh_shape(d) for d in _DEVICES.value]
+    bad = [d for d, s in zip(_DEVICES.value, shapes)
+           if s is None or not s[0] * s[1] <= len(jax.devices())]
     if bad:
-        sys.exit(f"error: --devices={_DEVICES.value}: {bad} not in 1..{len(jax.devices())} "
-                 "(the devices here; --simulate=N gives N CPU devices)")
-    rows = [_row(size, d) for size in _SIZES.value for d in counts]
-    print("| size | CR | N | devices | device | one device ms | bands ms | loss diff | "
-          "grad rel diff | temp MiB/device | temp B/band px |")
+        sys.exit(f"error: --devices={_DEVICES.value}: {bad} not D or RxC with at most "
+                 f"{len(jax.devices())} devices (the devices here; --simulate=N gives N CPU "
+                 "devices)")
+    rows = [_row(size, s) for size in _SIZES.value for s in shapes]
+    print("| size | CR | N | mesh | device | one device ms | sharded ms | loss diff | "
+          "grad rel diff | temp MiB/device | temp B/block px |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         temp, per_px = r["temp_bytes_per_device"], r["temp_bytes_per_band_pixel"]
         mib = "n/a" if temp is None else f"{temp / 2**20:.1f}"
         per_px = "n/a" if per_px is None else f"{per_px:.0f}"
-        print(f"| {r['size']} | {r['cr']:g} | {r['num_gaussians']} | {r['devices']} | "
+        print(f"| {r['size']} | {r['cr']:g} | {r['num_gaussians']} | {r['mesh']} | "
               f"{r['device']} | {r['one_device_ms']:.1f} | {r['bands_ms']:.1f} | "
               f"{r['loss_abs_diff']:.2e} | {r['grad_rel_diff']:.2e} | {mib} | {per_px} |")
     write_json(_OUT.value, rows)
