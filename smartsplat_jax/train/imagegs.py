@@ -28,6 +28,9 @@ configuration (one compiled step for all stages); the quantization-aware phase, 
 quantizer is given, is the last stage's. The learning-rate schedule restarts with each stage
 (GaussianImage halves its rates every 20,000 steps: only runs longer than that see it
 shifted, by at most 4 x add_steps).
+
+Memory: the sampling maps are per pixel on the host (float64, a few times 8 H W bytes) and the
+draws without replacement a Gumbel top-k over H W on the device, as Image-GS's own sampling.
 """
 
 from __future__ import annotations
