@@ -300,7 +300,7 @@ def _choose_gaussians(image, cr: float, gaussians, method: str, config: "FitConf
     of `gaussian_count.choose_num_gaussians` (config.backend must be a concrete name). With a
     workdir, full-length pilots checkpoint to workdir/gaussians_search/n<N>, the search's
     record goes to workdir/gaussians_search.json, and a resumed run of the same image, method,
-    seed, CR, config and pilot_steps reuses both.
+    seed, CR, config (steps included) and pilot_steps reuses both.
 
     Returns:
       (n, search record or None, (params, history) of the chosen full-length pilot or None,
@@ -318,8 +318,10 @@ def _choose_gaussians(image, cr: float, gaussians, method: str, config: "FitConf
         full = search["pilot_steps"] == config.steps
         return pilot_dir(search_dir, search["n"]) if full and search_dir else workdir
 
+    # steps too (a resumable change for checkpoints): the best N depends on the run's length.
     fingerprint = run_fingerprint(image, 0, config, None,
-                                  {**(run_info or {}), "pilot_steps": pilot_steps})
+                                  {**(run_info or {}), "pilot_steps": pilot_steps,
+                                   "steps": config.steps})
     record_path = None if workdir is None else Path(workdir) / "gaussians_search.json"
     if record_path is not None and resume and record_path.exists():
         try:

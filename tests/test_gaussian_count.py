@@ -93,3 +93,5 @@ def test_auto_keeps_the_best_pilot_and_a_resumed_run_reuses_the_search(tmp_path,
         run_fit(path, tmp_path / "w", **{**kw, "cr": 9})
     with pytest.raises(AssertionError, match="searched again"):  # shorter pilots: new search
         run_fit(path, tmp_path / "w", **{**kw, "auto_pilot_steps": 10})
+    with pytest.raises(AssertionError, match="searched again"):  # a longer run: new search
+        run_fit(path, tmp_path / "w", **{**kw, "steps": 40})
