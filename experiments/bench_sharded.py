@@ -19,7 +19,7 @@ import sys
 
 from absl import app, flags
 
-from experiments.common import interruptible, write_json
+from experiments.common import devices_value, interruptible, write_json
 
 _SIZES = flags.DEFINE_list("sizes", ["512x512@20"], "WIDTHxHEIGHT@CR entries.")
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4"], "Meshes: D (D x 1 bands) or RxC "
@@ -31,14 +31,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (after warm-up).")
 _OUT = flags.DEFINE_string("out", "results/bench_sharded.json", "JSON output path.")
 
 _FLAG = "--xla_force_host_platform_device_count"
-
-
-def _mesh_shape(entry: str) -> tuple[int, int] | None:
-    """(R, C) of a --devices entry ("D" or "RxC"), None if malformed."""
-    parts = entry.lower().split("x")
-    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) >= 1 for p in parts):
-        return None
-    return (int(parts[0]), 1) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
 
 
 def _row(size: str, shape: tuple[int, int]) -> dict:
@@ -91,7 +83,10 @@ def main(argv):
                                     *sys.argv[1:]], env)
     import jax
 
-    shapes = [_mesh_shape(d) for d in _DEVICES.value]
+    from smartsplat_jax.train.sharded import mesh_shape
+
+    shapes = [None if devices_value(d) is None else mesh_shape(devices_value(d))
+              for d in _DEVICES.value]
     bad = [d for d, s in zip(_DEVICES.value, shapes)
            if s is None or not s[0] * s[1] <= len(jax.devices())]
     if bad:

@@ -34,6 +34,15 @@ def gaussians_value(v: str):
     return int(v) if v.isdigit() else v
 
 
+def devices_value(v: str):
+    """A --devices entry: "D" -> D (D x 1 bands), "RxC" -> (R, C) (blocks), as
+    `FitConfig.devices` takes them; None when it is neither (or a count is 0)."""
+    parts = v.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        return None
+    return int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+
+
 def launcher_inputs(images: str | None, classic: list[str], crs: list[str], out_dir: str,
                     steps: int) -> tuple[list[str], list[float], Path]:
     """Checks the common benchmark flags; exits with a one-line error on a bad one.

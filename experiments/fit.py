@@ -29,6 +29,8 @@ from smartsplat_jax import DEMO_IMAGE, ImageError, compile_cache
 from smartsplat_jax.pipeline import run_fit
 from smartsplat_jax.train import TrainingDiverged, TrainingInterrupted
 
+from experiments.common import devices_value
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "default.py"),
     "Configuration file (see experiments/configs).")
@@ -60,14 +62,6 @@ _TRAIN_FIELDS = ("lambda_l1", "lr_means", "lr_scales", "lr_colors", "lr_rotation
                  "chunk_steps", "eval_every", "checkpoint_every", "max_retries")
 
 
-def _devices(v: str):
-    """A --devices value: "D" -> D, "RxC" -> (R, C); exits with a one-line error otherwise."""
-    parts = v.lower().split("x")
-    if len(parts) in (1, 2) and all(p.isdigit() for p in parts):
-        return int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
-    sys.exit(f"error: --devices={v!r} must be D or RxC (e.g. 4 or 2x2)")
-
-
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}; use --flag=value")
@@ -82,7 +76,9 @@ def main(argv):
     gaussians = int(c.gaussians) if str(c.gaussians).isdigit() else c.gaussians
     overrides = {k: c[k] for k in _TRAIN_FIELDS if c.get(k) is not None}
     if _DEVICES.value is not None:
-        overrides["devices"] = _devices(_DEVICES.value)
+        overrides["devices"] = devices_value(_DEVICES.value)
+        if overrides["devices"] is None:
+            sys.exit(f"error: --devices={_DEVICES.value!r} must be D or RxC (e.g. 4 or 2x2)")
     try:
         result = run_fit(image, c.workdir, cr=c.cr, method=c.method, steps=c.steps,
                          backend=c.backend, seed=c.seed, gaussians=gaussians,

@@ -469,7 +469,7 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                          "and encode params.to_gaussian_params()")
     names = _leaf_names(params)
     _check_custom(loss_fn, optimizer, img)
-    mesh = _band_mesh(config, loss_fn)
+    mesh = _mesh(config, loss_fn)
     if loss_fn is not None or optimizer is not None:
         run_info = {**(run_info or {}),
                     "loss_fn": None if loss_fn is None else _name(loss_fn),
@@ -668,7 +668,7 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
     return params, history
 
 
-def _band_mesh(config: FitConfig, loss_fn):
+def _mesh(config: FitConfig, loss_fn):
     """The R x C block mesh of `config.devices` (D: D x 1 bands; `train.sharded`), None for
     one device; ValueError for more devices than there are, or a custom loss (the blocks
     compute the config's loss)."""
