@@ -198,7 +198,8 @@ def _info(args) -> int:
     s = info.spec
     print(f"{args.input}: .ssplat version {info.version}\n"
           f"  image size   {info.width}x{info.height} px\n"
-          f"  Gaussians    {info.num_gaussians}\n"
+          f"  Gaussians    {info.num_gaussians}, "
+          f"{'alpha-blended in depth order (3DGS)' if info.blend else 'added'}\n"
           f"  file size    {info.file_bytes} bytes, {info.bytes_per_gaussian:.3f} bytes/Gaussian\n"
           f"  real CR      {info.compression_ratio:.2f} (raw 8-bit RGB / file)\n"
           f"  header       {info.header_bytes} bytes (checksum included)\n"

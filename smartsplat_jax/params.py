@@ -10,6 +10,10 @@ Conventions:
   * The angle is theta = 2*pi*sigmoid(r) in radians; r = 0 gives theta = pi.
   * Colours are linear RGB, nominally in [0, 1], with no activation.
   * Opacity is fixed to 1 for SmartSplat.
+  * Compositing: Gaussians are added (SPEC §3), unless the set says `blend=True` (the 3DGS
+    baseline): then they are alpha-blended front to back in row order, row 0 in front
+    (`render.blend`). The flag is static pytree metadata, so it follows the set through
+    jit, grad, optax updates, the codec and every renderer.
 """
 
 from __future__ import annotations
@@ -50,10 +54,16 @@ class _Rows:
     """What both parameter pytrees share: N rows per field, of the widths in `_WIDTHS`."""
 
     _WIDTHS: dict = {}
+    blend = False  # additive compositing (GaussianParams may say otherwise)
 
     def replace(self, **changes):
         """A copy with these fields replaced (`dataclasses.replace`)."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def leaf_names(self) -> tuple[str, ...]:
+        """The array fields, in leaf order (the static `blend` flag is not one)."""
+        return tuple(self._WIDTHS)
 
     @property
     def num(self) -> int:
@@ -83,6 +93,9 @@ class GaussianParams(_Rows):
       rotation: [N, 1] raw angle; theta = 2*pi*sigmoid(rotation).
       colors: [N, 3] RGB, no activation.
       opacity: [N, 1] opacity; 1 for SmartSplat (not trained).
+      blend: static (not a leaf). False: the Gaussians add up (SPEC §3). True: they are
+        alpha-blended front to back in row order, row 0 in front, opacity in [0, 1]
+        (3DGS; `render.blend`).
     """
 
     means: jax.Array
@@ -90,11 +103,13 @@ class GaussianParams(_Rows):
     rotation: jax.Array
     colors: jax.Array
     opacity: jax.Array
+    blend: bool = False
 
     _WIDTHS = {"means": 2, "scales": 2, "rotation": 1, "colors": 3, "opacity": 1}
 
     @classmethod
-    def create(cls, means, scales, colors, rotation=None, opacity=None, dtype=jnp.float32):
+    def create(cls, means, scales, colors, rotation=None, opacity=None, dtype=jnp.float32,
+               blend: bool = False):
         """Builds params, filling rotation with 0 (theta = pi) and opacity with 1 if omitted."""
         means = jnp.asarray(means, dtype)
         n = means.shape[0]
@@ -102,12 +117,12 @@ class GaussianParams(_Rows):
         opacity = jnp.ones((n, 1), dtype) if opacity is None else jnp.asarray(opacity, dtype)
         return cls(means=means, scales=jnp.asarray(scales, dtype),
                    rotation=rotation.reshape(n, 1), colors=jnp.asarray(colors, dtype),
-                   opacity=opacity.reshape(n, 1))
+                   opacity=opacity.reshape(n, 1), blend=bool(blend))
 
 
 jax.tree_util.register_dataclass(
     GaussianParams, data_fields=["means", "scales", "rotation", "colors", "opacity"],
-    meta_fields=[])
+    meta_fields=["blend"])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -415,9 +415,10 @@ def check_workdir(workdir: str | os.PathLike) -> Path:
 
 
 def save_params(path: str | os.PathLike, params: P.GaussianParams, height: int, width: int) -> None:
-    """Writes raw parameters and the image size as .npz, atomically."""
+    """Writes raw parameters, the image size and the compositing (`blend`) as .npz,
+    atomically."""
     buf = io.BytesIO()
-    np.savez(buf, height=height, width=width,
+    np.savez(buf, height=height, width=width, blend=bool(params.blend),
              **{k: np.asarray(getattr(params, k)) for k in ("means", "scales", "rotation",
                                                               "colors", "opacity")})
     sio.atomic_write_bytes(path, buf.getvalue())
@@ -427,7 +428,8 @@ def load_params(path: str | os.PathLike) -> tuple[P.GaussianParams, int, int]:
     """(params, height, width) from a file written by `save_params`."""
     with np.load(path) as d:
         params = P.GaussianParams(**{k: jax.numpy.asarray(d[k]) for k in
-                                     ("means", "scales", "rotation", "colors", "opacity")})
+                                     ("means", "scales", "rotation", "colors", "opacity")},
+                                  blend=bool(d["blend"]) if "blend" in d else False)
         return params.validate(), int(d["height"]), int(d["width"])
 
 

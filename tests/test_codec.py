@@ -415,7 +415,7 @@ def test_damaged_files_are_rejected_with_clear_errors(small):
         b"": "empty input",
         b"PNG\x00" + data[4:]: "not a .ssplat file",
         b"SS": "truncated",
-        data[:4] + bytes([3]) + data[5:]: "unsupported .ssplat version 3",
+        data[:4] + bytes([4]) + data[5:]: "unsupported .ssplat version 4",
         data[:4] + bytes([1]) + data[5:]: "version 1 .ssplat file",
         data[:50]: "checksum",
         data[:-1]: "checksum",
@@ -473,6 +473,17 @@ def test_header_is_small():
     assert codec.header_bytes(H, W, 50, spec, 300) <= 40
 
 
+_BLENDED = {}
+
+
+def _blended_file(p):
+    """A version 3 file of `p` alpha-blended, with opacities in (0, 1) (built once)."""
+    if "data" not in _BLENDED:
+        q = p.replace(opacity=jnp.clip(p.opacity, 0.05, 0.95), blend=True)
+        _BLENDED["data"] = codec.encode(q, H, W)
+    return _BLENDED["data"]
+
+
 def _check_decoded(result):
     params, h, w = result
     assert 1 <= h <= F.MAX_SIDE and 1 <= w <= F.MAX_SIDE
@@ -484,9 +495,14 @@ def _check_decoded(result):
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.data())
 def test_fuzz_decoder_never_crashes(small, data):
-    """Random bytes, and mutations of a real file with its checksum repaired: decode either
-    returns finite parameters or raises CodecError, and never anything else."""
-    _, good = small
+    """Random bytes, and mutations of a real file (additive, or blended with opacities and
+    depth ranks) with its checksum repaired: decode either returns finite parameters or
+    raises CodecError, and never anything else."""
+    p, additive = small
+    if data.draw(st.booleans()):
+        good = additive
+    else:
+        good = _blended_file(p)
     kind = data.draw(st.sampled_from(["random", "mutate", "truncate", "header"]))
     if kind == "random":
         blob = data.draw(st.binary(max_size=400))

@@ -1,11 +1,13 @@
-"""The `.ssplat` file format (version 2): header, range-coded payload, checksum.
+"""The `.ssplat` file format (versions 2 and 3): header, range-coded payload, checksum.
 
 Layout:
 
   magic    4 bytes  b"SSPL"
-  version  1 byte   2
+  version  1 byte   2, or 3 for blended Gaussians (flags bit 1; the 3DGS baseline)
   header   varints (LEB128; signed ones zigzag-coded), in this order:
-             height, width (px), N (the number of Gaussians), flags (bit 0: opacity stored),
+             height, width (px), N (the number of Gaussians), flags (bit 0: opacity stored;
+             bit 1: the Gaussians are alpha-blended in a stored depth order -- version 3
+             only, and required there),
              pos_exp, scale_exp, scale_lo, scale_levels, angle_exp,
              color_exp, color_lo[3], color_levels[3],
              [opacity_exp, opacity_lo, opacity_levels  -- only when flags bit 0 is set]
@@ -23,7 +25,10 @@ the origin), then, stream by stream:
   4. the angle code, uniform over the L(anisotropy) levels of `quantize.angle_levels_table`
      (nothing for isotropic Gaussians);
   5. the three luma/chroma colour codes, one adaptive stream per channel;
-  6. the opacity code (adaptive), only when stored.
+  6. the opacity code (adaptive), only when stored;
+  7. blended files only: each Gaussian's depth rank (0 = in front), uniform over N values
+     (N >= 2**24: the rank's high part uniform, its low 12 bits raw); the ranks must be a
+     permutation of 0..N-1. Additive files need no order (a sum does not depend on it).
 The adaptive models learn from what was already decoded (`entropy.AdaptiveModel`): nothing
 about them is stored.
 
@@ -36,7 +41,9 @@ Limits (checked before anything is allocated; a file outside them is rejected):
   against a memory limit from the header alone, before anything N-sized is allocated.
 
 Version 1 files (smartsplat-jax 0.1: LZMA over fixed-bit-depth planes) are recognised and
-refused with a message saying so.
+refused with a message saying so. Additive files are written as version 2 (the layout did not
+change), so decoders that read only version 2 still read them; version 3 marks the blended
+files those decoders cannot render, and they refuse them by the version byte.
 """
 
 from __future__ import annotations
@@ -57,7 +64,10 @@ __all__ = ["MAGIC", "VERSION", "MAX_SIDE", "MAX_GAUSSIANS", "CodecError", "FileI
            "header_bytes"]
 
 MAGIC = b"SSPL"
-VERSION = 2
+VERSION = 3  # the newest version this module reads and writes
+ADDITIVE_VERSION = 2  # additive files (every method but 3DGS) keep version 2's layout
+_BLEND_FLAG = 2
+_RANK_LOW_BITS = 12  # N >= 2**24: a rank's low bits, coded raw
 _CRC_BYTES = 4
 MAX_SIDE = 65_536
 MAX_GAUSSIANS = 1 << 25
@@ -90,6 +100,7 @@ class FileInfo:
     header_bytes: int
     spec: QuantSpec
     origin: tuple[int, int]
+    blend: bool = False  # alpha-blended in a stored depth order (3DGS), else additive
 
     @property
     def bytes_per_gaussian(self) -> float:
@@ -189,8 +200,10 @@ class _Reader:
         return v >> 1 if not v & 1 else -((v + 1) >> 1)
 
 
-def _header(height: int, width: int, n: int, spec: QuantSpec, origin, payload_len: int) -> bytes:
-    fields = [_uvarint(height), _uvarint(width), _uvarint(n), _uvarint(1 if spec.opacity_levels else 0),
+def _header(height: int, width: int, n: int, spec: QuantSpec, origin, payload_len: int,
+            blend: bool = False) -> bytes:
+    flags = (1 if spec.opacity_levels else 0) | (_BLEND_FLAG if blend else 0)
+    fields = [_uvarint(height), _uvarint(width), _uvarint(n), _uvarint(flags),
               _svarint(spec.pos_exp), _svarint(spec.scale_exp), _svarint(spec.scale_lo),
               _uvarint(spec.scale_levels), _svarint(spec.angle_exp), _svarint(spec.color_exp),
               *(_svarint(v) for v in spec.color_lo), *(_uvarint(v) for v in spec.color_levels)]
@@ -198,12 +211,21 @@ def _header(height: int, width: int, n: int, spec: QuantSpec, origin, payload_le
         fields += [_svarint(spec.opacity_exp), _svarint(spec.opacity_lo),
                    _uvarint(spec.opacity_levels)]
     fields += [_svarint(int(origin[0])), _svarint(int(origin[1])), _uvarint(payload_len)]
-    return MAGIC + bytes([VERSION]) + b"".join(fields)
+    version = VERSION if blend else ADDITIVE_VERSION
+    return MAGIC + bytes([version]) + b"".join(fields)
 
 
-def header_bytes(height: int, width: int, n: int, spec: QuantSpec, payload_len: int = 0) -> int:
+def header_bytes(height: int, width: int, n: int, spec: QuantSpec, payload_len: int = 0,
+                 blend: bool = False) -> int:
     """Bytes of header and checksum for a file of these dimensions (origin taken as 0)."""
-    return len(_header(height, width, n, spec, (0, 0), payload_len)) + _CRC_BYTES
+    return len(_header(height, width, n, spec, (0, 0), payload_len, blend)) + _CRC_BYTES
+
+
+def _rank_parts(n: int) -> tuple[int, int]:
+    """(uniform alphabet of a rank's high part, raw low bits) for N Gaussians."""
+    if n < 1 << 24:
+        return n, 0
+    return -(-n >> _RANK_LOW_BITS), _RANK_LOW_BITS
 
 
 # ----------------------------------------------------------------------------- encode
@@ -212,8 +234,10 @@ def _host_codes(codes: Codes) -> dict:
     return {k: np.asarray(v).astype(np.int64) for k, v in codes._asdict().items()}
 
 
-def encode_codes(codes: Codes, spec: QuantSpec, height: int, width: int) -> bytes:
-    """The bytes of a .ssplat file holding these codes (as `quantize` returns them)."""
+def encode_codes(codes: Codes, spec: QuantSpec, height: int, width: int, *,
+                 blend: bool = False) -> bytes:
+    """The bytes of a .ssplat file holding these codes (as `quantize` returns them); `blend`:
+    the Gaussians are alpha-blended in row order (row 0 in front), which the file keeps."""
     c = _host_codes(codes)
     n = c["position"].shape[0]
     pos = c["position"]
@@ -236,9 +260,13 @@ def encode_codes(codes: Codes, spec: QuantSpec, height: int, width: int) -> byte
         enc.adaptive(c["color"][order, j], spec.color_levels[j])
     if spec.opacity_levels:
         enc.adaptive(c["opacity"][order], spec.opacity_levels)
+    if blend:  # order[i]: the row, i.e. the depth rank, of the i-th Gaussian in Morton order
+        size, low = _rank_parts(n)
+        enc.uniform(order >> low, np.full(n, size))
+        enc.raw((order & ((1 << low) - 1)).astype(np.uint64), np.full(n, low))
     payload = enc.finish()
     payload += bytes(max(0, min_payload_bytes(n) - len(payload)))  # zeros: never read
-    body = _header(height, width, n, spec, origin, len(payload)) + payload
+    body = _header(height, width, n, spec, origin, len(payload), blend) + payload
     return body + zlib.crc32(body).to_bytes(4, "little")
 
 
@@ -254,7 +282,8 @@ def encode(params: P.GaussianParams, height: int, width: int, *,
 
     Returns:
       The file's bytes. `decode` of them gives `dequantize(quantize(params, grid(spec)))`
-      with the Gaussians in Morton order and the major axis first.
+      with the Gaussians in Morton order and the major axis first; for a set with
+      `blend=True`, in the params' own row (depth) order and with `blend=True`.
     """
     P._check_size(height, width)
     params = params.validate()
@@ -266,7 +295,7 @@ def encode(params: P.GaussianParams, height: int, width: int, *,
                          f" for a {height}x{width} image")
     spec = (spec or choose_spec(params, height, width)).check()
     codes = _quantize_jit(params, grid(spec), height, width)
-    return encode_codes(codes, spec, height, width)
+    return encode_codes(codes, spec, height, width, blend=params.blend)
 
 
 _quantize_jit = jax.jit(quantize, static_argnums=(2, 3))
@@ -293,12 +322,13 @@ def _parse(data) -> tuple[FileInfo, memoryview]:
     version = view[4]
     if version == 1:
         raise CodecError("this is a version 1 .ssplat file (written by smartsplat-jax 0.1, "
-                         "LZMA-coded); this decoder reads version 2: decode it with "
+                         "LZMA-coded); this decoder reads versions 2 and 3: decode it with "
                          "smartsplat-jax 0.1 (pip install 'smartsplat-jax<0.2'), or "
                          "compress the image again")
-    if version != VERSION:
-        raise CodecError(f"unsupported .ssplat version {version}: this decoder reads version "
-                         f"{VERSION}" + ("; upgrade smartsplat_jax" if version > VERSION else ""))
+    if version not in (ADDITIVE_VERSION, VERSION):
+        raise CodecError(f"unsupported .ssplat version {version}: this decoder reads versions "
+                         f"{ADDITIVE_VERSION} and {VERSION}"
+                         + ("; upgrade smartsplat_jax" if version > VERSION else ""))
     if size < 5 + _CRC_BYTES:
         raise CodecError(f"truncated file: {size} bytes, too short for a header and checksum")
     stored = int.from_bytes(view[size - _CRC_BYTES:], "little")
@@ -314,8 +344,10 @@ def _parse(data) -> tuple[FileInfo, memoryview]:
     n_max = min(height * width, MAX_GAUSSIANS)
     if not 1 <= n <= n_max:
         raise CodecError(f"header N={n} is outside [1, {n_max}] for a {height}x{width} image")
-    if flags not in (0, 1):
-        raise CodecError(f"header flags={flags} must be 0 or 1 in version {VERSION}")
+    allowed = (0, 1) if version == ADDITIVE_VERSION else (2, 3)
+    if flags not in allowed:
+        raise CodecError(f"header flags={flags} must be {allowed[0]} or {allowed[1]} in "
+                         f"version {version}")
     f = dict(pos_exp=r.s("pos_exp"), scale_exp=r.s("scale_exp"), scale_lo=r.s("scale_lo"),
              scale_levels=r.u("scale_levels"), angle_exp=r.s("angle_exp"),
              color_exp=r.s("color_exp"),
@@ -348,7 +380,7 @@ def _parse(data) -> tuple[FileInfo, memoryview]:
                          f"{size - _CRC_BYTES - r.pos} bytes between header and checksum")
     info = FileInfo(version=version, height=height, width=width, num_gaussians=n,
                     file_bytes=size, header_bytes=r.pos + _CRC_BYTES, spec=spec,
-                    origin=(ox, oy))
+                    origin=(ox, oy), blend=bool(flags & _BLEND_FLAG))
     return info, view[r.pos:r.pos + payload_len]
 
 
@@ -362,7 +394,8 @@ def read_info(data) -> FileInfo:
 
 
 def decode_codes(data) -> tuple[Codes, FileInfo]:
-    """(codes in Morton order, header) of a .ssplat file; see `decode`."""
+    """(codes, header) of a .ssplat file: in Morton order, or for a blended file in depth
+    order (row 0 in front); see `decode`."""
     info, payload = _parse(data)
     try:
         return _decode_payload(info, payload), info
@@ -397,15 +430,26 @@ def _decode_payload(info: FileInfo, payload) -> Codes:
     color = np.stack([dec.adaptive(n, spec.color_levels[j]) for j in range(3)], -1)
     opacity = dec.adaptive(n, spec.opacity_levels) if spec.opacity_levels else np.zeros(n, np.int64)
     i32 = np.int32
-    return Codes(position=np.stack([px, py], -1).astype(i32), scale=scale.astype(i32),
-                 aniso=aniso.astype(i32), angle=angle.astype(i32), color=color.astype(i32),
-                 opacity=opacity.astype(i32))
+    codes = Codes(position=np.stack([px, py], -1).astype(i32), scale=scale.astype(i32),
+                  aniso=aniso.astype(i32), angle=angle.astype(i32), color=color.astype(i32),
+                  opacity=opacity.astype(i32))
+    if not info.blend:
+        return codes
+    size, low = _rank_parts(n)
+    high = dec.uniform(np.full(n, size))
+    rank = (high << low) | dec.raw(np.full(n, low)).astype(np.int64)
+    if rank.max() >= n or np.any(np.bincount(rank, minlength=n) != 1):
+        raise CodecError("payload is damaged: the depth ranks are not a permutation of "
+                         f"0..{n - 1}")
+    front_to_back = np.argsort(rank)
+    return Codes(*(v[front_to_back] for v in codes))
 
 
 def decode(data) -> tuple[P.GaussianParams, int, int]:
     """(params, height, width) from the bytes of a .ssplat file.
 
-    The params are `dequantize` of the stored codes: float32, Morton order, major axis first.
+    The params are `dequantize` of the stored codes: float32, Morton order, major axis first;
+    a blended file's (version 3) come in their depth order with `blend=True`.
     Memory is bounded by the header's N (itself bounded by MAX_GAUSSIANS and H*W), which is
     checked, with every other header field, before anything is allocated.
 
@@ -416,4 +460,4 @@ def decode(data) -> tuple[P.GaussianParams, int, int]:
     codes, info = decode_codes(data)
     params = _dequantize_jit(jax.tree_util.tree_map(np.asarray, codes), grid(info.spec),
                              info.height, info.width)
-    return params, info.height, info.width
+    return params.replace(blend=info.blend), info.height, info.width

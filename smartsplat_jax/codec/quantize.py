@@ -449,7 +449,7 @@ def fake_quantize(params: P.GaussianParams, g: Grid, height: int,
     return P.GaussianParams(means=_ste(params.means, q.means), scales=_ste(params.scales, sq),
                             rotation=_ste(params.rotation, rotation),
                             colors=_ste(params.colors, q.colors),
-                            opacity=_ste(params.opacity, q.opacity))
+                            opacity=_ste(params.opacity, q.opacity), blend=params.blend)
 
 
 def project(params: P.GaussianParams, g: Grid, height: int, width: int) -> P.GaussianParams:
@@ -479,4 +479,4 @@ def project(params: P.GaussianParams, g: Grid, height: int, width: int) -> P.Gau
                         jnp.clip(o, g.opacity_lo - half * g.opacity_step,
                                  g.opacity_lo + (otop + half) * g.opacity_step), o)
     return P.GaussianParams(means=means, scales=scales, rotation=params.rotation, colors=colors,
-                            opacity=opacity)
+                            opacity=opacity, blend=params.blend)

@@ -9,6 +9,10 @@ Backends (all compute the same image up to float rounding):
     with Triton on GPUs from Ampere (sm_80) up, interpreted (slow, for tests) elsewhere.
   * "auto": "pallas" on GPUs where it is supported and measured faster, otherwise "xla"
     (see `smartsplat_jax.render.auto`; the choice and its reason are logged).
+
+A set with `blend=True` (the 3DGS baseline, `params.GaussianParams`) is alpha-blended front
+to back instead (`render.blend`): "reference" renders it densely, every other backend with
+the tiled XLA blending rasterizer (it has no Pallas kernel).
 """
 
 from __future__ import annotations
@@ -60,7 +64,8 @@ def _is_traced(params: P.GaussianParams) -> bool:
 def render(params: P.GaussianParams, height: int, width: int, *, backend: str = "auto",
            tile: int | None = None, chunk: int | None = None,
            capacity: int | None = None) -> jax.Array:
-    """Renders Gaussians to an image: the clamped accumulated sum of SPEC §3.
+    """Renders Gaussians to an image: the clamped accumulated sum of SPEC §3 (or, for a set
+    with `blend=True`, their front-to-back alpha blend; see the module docstring).
 
     Differentiable with respect to every field of `params` (reverse mode); usable inside
     `jit`, `grad` and `lax.scan`.
@@ -82,6 +87,10 @@ def render(params: P.GaussianParams, height: int, width: int, *, backend: str = 
     """
     global _warned_interpret
     _check(params, height, width)
+    if params.blend:
+        name = "reference" if backend == "reference" else "xla"
+        return _render(params, height, width, backend=name,
+                       tile=DEFAULT_TILE if tile is None else tile, chunk=chunk, capacity=None)
     if backend == "auto" and _is_traced(params):
         name = traced_choice()  # no probe while tracing (see `render.auto`)
     else:
@@ -103,6 +112,12 @@ def render(params: P.GaussianParams, height: int, width: int, *, backend: str = 
 @functools.partial(jax.jit, static_argnames=("height", "width", "backend", "tile", "chunk",
                                              "capacity"))
 def _render(params, height, width, *, backend, tile, chunk, capacity):
+    if params.blend:
+        from smartsplat_jax.render.blend import render_blend, render_blend_reference
+
+        if backend == "reference":
+            return render_blend_reference(params, height, width)
+        return render_blend(params, height, width, tile=tile, chunk=chunk)
     if backend == "reference":
         return render_reference(params, height, width)
     if backend == "pallas":

@@ -180,7 +180,11 @@ def snap(params: P.GaussianParams, qgrid: Grid, height: int, width: int, positio
 
 
 def _project_colors(params: P.GaussianParams, hyper: Hyperparams) -> P.GaussianParams:
-    return params.replace(colors=jnp.clip(params.colors, hyper.color_lo, hyper.color_hi))
+    """Colours into the training box; a blended set's opacities into [0, 1] (alpha)."""
+    params = params.replace(colors=jnp.clip(params.colors, hyper.color_lo, hyper.color_hi))
+    if params.blend:
+        params = params.replace(opacity=jnp.clip(params.opacity, 0.0, 1.0))
+    return params
 
 
 # The FitConfig fields a compiled training chunk depends on. Every other field is either a
@@ -198,7 +202,7 @@ def compiled_config(config: FitConfig) -> FitConfig:
 
 def _leaf_names(params) -> tuple[str, ...]:
     """The parameter pytree's field names, in leaf order."""
-    return tuple(f.name for f in dataclasses.fields(params))
+    return params.leaf_names
 
 
 def _floor_covariance(params):
@@ -469,7 +473,7 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                          "and encode params.to_gaussian_params()")
     names = _leaf_names(params)
     _check_custom(loss_fn, optimizer, img)
-    mesh = _mesh(config, loss_fn)
+    mesh = _mesh(config, loss_fn, params.blend)
     if loss_fn is not None or optimizer is not None:
         run_info = {**(run_info or {}),
                     "loss_fn": None if loss_fn is None else _name(loss_fn),
@@ -668,16 +672,19 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
     return params, history
 
 
-def _mesh(config: FitConfig, loss_fn):
+def _mesh(config: FitConfig, loss_fn, blend: bool = False):
     """The R x C block mesh of `config.devices` (D: D x 1 bands; `train.sharded`), None for
-    one device; ValueError for more devices than there are, or a custom loss (the blocks
-    compute the config's loss)."""
+    one device; ValueError for more devices than there are, a custom loss (the blocks
+    compute the config's loss) or blended Gaussians (the blocks render sums)."""
     from smartsplat_jax.train.sharded import block_mesh, mesh_shape
 
     shape = mesh_shape(config.devices)
     count = shape[0] * shape[1]
     if count == 1:
         return None
+    if blend:
+        raise ValueError(f"devices={config.devices}: blended Gaussians (method 3dgs) train on "
+                         "one device only (the sharded loss renders sums); use devices=1")
     available = jax.devices()
     if count > len(available):
         raise ValueError(f"devices={config.devices} needs {count} devices but only "

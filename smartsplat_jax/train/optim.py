@@ -3,7 +3,6 @@ learning rate per parameter group, with the step's hyperparameters as traced val
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import NamedTuple
 
@@ -136,8 +135,8 @@ def scale_by_group_rates(hyper: Hyperparams) -> optax.GradientTransformation:
         del params
         rates = learning_rates(hyper, state.count)
         scaled = updates.replace(**{
-            f.name: -rates[_RATE_INDEX[f.name]].astype(getattr(updates, f.name).dtype)
-            * getattr(updates, f.name) for f in dataclasses.fields(updates)})
+            name: -rates[_RATE_INDEX[name]].astype(getattr(updates, name).dtype)
+            * getattr(updates, name) for name in updates.leaf_names})
         return scaled, GroupRatesState(count=state.count + 1)
 
     return optax.GradientTransformation(init, update)
