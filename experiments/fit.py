@@ -38,7 +38,7 @@ _IMAGE = flags.DEFINE_string("image", None, "Image file (default: the bundled de
 _CR = flags.DEFINE_float("cr", None, "Target compression ratio.")
 _STEPS = flags.DEFINE_integer("steps", None, "Training steps.")
 _METHOD = flags.DEFINE_string("method", None, "smartsplat | random | gaussianimage-rs | "
-                              "gaussianimage-cholesky | lig | imagegs.")
+                              "gaussianimage-cholesky | lig | imagegs | 3dgs.")
 _BACKEND = flags.DEFINE_string("backend", None, "Renderer backend: auto | xla | pallas | reference.")
 _SEED = flags.DEFINE_integer("seed", None, "PRNG seed of the initialization.")
 _GAUSSIANS = flags.DEFINE_string("gaussians", None, "paper | auto | N: how many Gaussians "

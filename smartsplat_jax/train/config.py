@@ -8,7 +8,7 @@ import math
 __all__ = ["METHODS", "FitConfig", "config_for_method", "default_qat_steps"]
 
 METHODS = ("smartsplat", "random", "gaussianimage-rs", "gaussianimage-cholesky", "lig",
-           "imagegs")
+           "imagegs", "3dgs")
 LOSSES = ("smartsplat", "l2")
 OPTIMIZERS = ("adam", "adan")
 
@@ -149,7 +149,10 @@ def config_for_method(method: str, **overrides) -> FitConfig:
     (`train.py`, `optimizer.py`; the Cholesky factor takes lr_scales). lig: L2 loss, Adam
     at 0.018 for every group, constant, as LIG's `train.py`; its lr_means is in pixels per
     step (`train.lig` converts it at each level's size). imagegs: gaussianimage-rs's
-    (`train.imagegs` adds Image-GS's init and progressive addition).
+    (`train.imagegs` adds Image-GS's init and progressive addition). 3dgs: GaussianImage's
+    3DGS baseline (`train.gs3d`): 0.7 L1 + 0.3 (1 - SSIM), Adan at 1e-3 for every group but
+    the means (1e-3 / 8, its world rate at the camera's depth 8) and opacity trained, halved
+    every 20,000 steps.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} must be one of {', '.join(METHODS)}")
@@ -157,6 +160,10 @@ def config_for_method(method: str, **overrides) -> FitConfig:
     if method in ("gaussianimage-rs", "gaussianimage-cholesky", "imagegs"):
         base = dict(loss="l2", optimizer="adan", lr_means=1e-3, lr_scales=1e-3, lr_colors=1e-3,
                     lr_rotation=1e-3, lr_opacity=0.0, lr_halve_every=20_000)
+    elif method == "3dgs":  # GaussianImage's train.py and gaussiansplatting_3d.py (train.gs3d)
+        base = dict(loss="smartsplat", lambda_l1=0.7, optimizer="adan", lr_means=1e-3 / 8,
+                    lr_scales=1e-3, lr_colors=1e-3, lr_rotation=1e-3, lr_opacity=1e-3,
+                    lr_halve_every=20_000)
     elif method == "lig":  # LIG's train.py: Adam at 0.018 for everything (see train.lig)
         base = dict(loss="l2", optimizer="adam", lr_means=0.018, lr_scales=0.018,
                     lr_colors=0.018, lr_rotation=0.018, lr_opacity=0.0, lr_halve_every=0)

@@ -49,7 +49,8 @@ def initialize(method: str, key: jax.Array, image, num_gaussians: int):
     """(params, info) for `method` in METHODS: `GaussianParams`, or `CholeskyParams` for
     gaussianimage-cholesky and lig (`train_method` trains either; convert with
     `to_gaussian_params` to encode). lig: both levels, level 0 first (`train.lig.lig_init`);
-    imagegs: N rows, half of them active (`train.imagegs.imagegs_init`)."""
+    imagegs: N rows, half of them active (`train.imagegs.imagegs_init`); 3dgs: `blend=True`,
+    rows front to back (`train.gs3d.gs3d_init`)."""
     if method == "smartsplat":
         return smart_init(key, image, num_gaussians)
     if method == "random":
@@ -66,6 +67,10 @@ def initialize(method: str, key: jax.Array, image, num_gaussians: int):
         from smartsplat_jax.train.imagegs import imagegs_init
 
         return imagegs_init(key, image, num_gaussians)
+    if method == "3dgs":
+        from smartsplat_jax.train.gs3d import gs3d_init
+
+        return gs3d_init(key, image, num_gaussians)
     raise ValueError(f"method={method!r} must be one of {', '.join(METHODS)}")
 
 

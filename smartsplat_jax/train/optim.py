@@ -125,18 +125,27 @@ class GroupRatesState(NamedTuple):
 def scale_by_group_rates(hyper: Hyperparams) -> optax.GradientTransformation:
     """Multiplies each group's direction by minus its learning rate at the current step
     (`learning_rates`); the rates may be traced values. Works on `GaussianParams` and
-    `CholeskyParams` (whose `cholesky` takes the scales' rate)."""
+    `CholeskyParams` (whose `cholesky` takes the scales' rate).
+
+    A blended set (`blend=True`, the 3DGS baseline, `train.gs3d`) takes its scale steps in
+    log space, as 3DGS parameterises scales (s = exp(raw)): the step of a scale is its rate
+    times |s| times the direction, which is the log-space step to first order. This needs
+    `params` in `update` (optax passes them)."""
 
     def init(params):
         del params
         return GroupRatesState(count=jnp.zeros([], jnp.int32))
 
     def update(updates, state, params=None):
-        del params
         rates = learning_rates(hyper, state.count)
         scaled = updates.replace(**{
             name: -rates[_RATE_INDEX[name]].astype(getattr(updates, name).dtype)
             * getattr(updates, name) for name in updates.leaf_names})
+        if updates.blend:
+            if params is None:
+                raise ValueError("a blended set's scale steps are relative: pass params to "
+                                 "update")
+            scaled = scaled.replace(scales=scaled.scales * jnp.abs(params.scales))
         return scaled, GroupRatesState(count=state.count + 1)
 
     return optax.GradientTransformation(init, update)
