@@ -1,5 +1,7 @@
 """Small helpers shared by the tests."""
 
+import zlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,3 +55,21 @@ def smooth_scene(dtype=jnp.float64):
         scales=[[1.7, 2.3], [-2.9, 1.1], [1.3, 1.4]],
         colors=[[0.2, 0.5, 0.1], [0.3, 0.1, 0.4], [0.1, 0.2, 0.2]],
         rotation=[[0.4], [-1.2], [2.0]], opacity=[[0.7], [0.6], [0.5]], dtype=dtype)
+
+
+def recrc(data: bytes) -> bytes:
+    """`data` (a .ssplat file, checksum last) with its CRC-32 recomputed."""
+    body = bytes(data[:-4])
+    return body + zlib.crc32(body).to_bytes(4, "little")
+
+
+def header_spans(data: bytes, count: int) -> list[tuple[int, int]]:
+    """(start, end) byte offsets of the first `count` varint fields of a .ssplat header."""
+    out, pos = [], 5
+    for _ in range(count):
+        start = pos
+        while data[pos] & 0x80:
+            pos += 1
+        pos += 1
+        out.append((start, pos))
+    return out

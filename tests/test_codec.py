@@ -4,7 +4,6 @@ damaged and crafted files, fuzzing."""
 import dataclasses
 import sys
 import tracemalloc
-import zlib
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +21,8 @@ from smartsplat_jax.codec.rate import (DEFAULT_ALLOCATION, Allocation, BudgetQua
                                        allocate, byte_budget, fit_budget, spec_for_budget)
 from smartsplat_jax.init import smart_init
 from smartsplat_jax.render import output_size, render
+
+from helpers import header_spans, recrc
 
 Q = sys.modules["smartsplat_jax.codec.quantize"]
 
@@ -46,11 +47,6 @@ def rows(params):
     a = np.concatenate([np.asarray(params.means), cov, np.asarray(params.colors),
                         np.asarray(params.opacity)], 1).astype(np.float64)
     return a[np.lexsort(np.round(a, 4).T[::-1])]
-
-
-def recrc(data: bytes) -> bytes:
-    body = bytes(data[:-4])
-    return body + zlib.crc32(body).to_bytes(4, "little")
 
 
 H, W = 40, 56
@@ -390,15 +386,8 @@ def test_encode_rejects_bad_input(small):
 
 def _fields(data):
     """(offset, end) of the varint fields of a header, in order, and the payload offset."""
-    out, pos = [], 5
     info = codec.read_info(data)
-    for _ in range(16 + (3 if info.spec.opacity_levels else 0) + 3):
-        start = pos
-        while data[pos] & 0x80:
-            pos += 1
-        pos += 1
-        out.append((start, pos))
-    return out
+    return header_spans(data, 16 + (3 if info.spec.opacity_levels else 0) + 3)
 
 
 def _set_field(data, index, value, signed=False):

@@ -15,7 +15,7 @@ from smartsplat_jax.render.blend import render_blend, render_blend_reference
 from smartsplat_jax.train import config_for_method, fit, initialize
 from smartsplat_jax.train import gs3d as G
 
-from helpers import scene
+from helpers import header_spans, recrc, scene
 
 
 def _brute_knn(pts, k=3):
@@ -113,27 +113,11 @@ def test_blended_file_keeps_the_depth_order_and_renders_as_trained():
     assert add[4] == 2 and not codec.read_info(add).blend and len(add) < len(data)
 
 
-def _header_field_offsets(data):
-    out, pos = [], 5
-    for _ in range(4):
-        start = pos
-        while data[pos] & 0x80:
-            pos += 1
-        pos += 1
-        out.append((start, pos))
-    return out
-
-
-def _recrc(body):
-    import zlib
-    return body + zlib.crc32(body).to_bytes(4, "little")
-
-
 def test_crafted_blended_files_are_refused_clearly(monkeypatch):
     h, w = 20, 24
     p = _blended(2, 60, h, w)
     data = codec.encode(p, h, w)
-    flags_at = _header_field_offsets(data)[3]
+    flags_at = header_spans(data, 4)[3]
     assert data[flags_at[0]] == 3  # opacity stored, blended
     # Version 3 without the blend flag, version 2 with it.
     for version, flags, msg in ((3, 1, "flags=1 must be 2 or 3 in version 3"),
@@ -141,7 +125,7 @@ def test_crafted_blended_files_are_refused_clearly(monkeypatch):
         bad = bytearray(data[:-4])
         bad[4], bad[flags_at[0]] = version, flags
         with pytest.raises(codec.CodecError, match=msg):
-            codec.decode(_recrc(bytes(bad)))
+            codec.decode(recrc(bytes(bad) + bytes(4)))
     # Ranks that are not a permutation: the rank stream (the only uniform stream over N
     # values here) written with its first rank twice.
     real = F.entropy.Encoder.uniform
