@@ -182,9 +182,10 @@ def test_blended_sets_refuse_a_device_mesh():
         fit(img, p0, config_for_method("3dgs", steps=2, devices=2), progress=False)
 
 
-def test_blended_sets_step_their_scales_in_log_space():
-    # scale_by_group_rates: a blended set's scale step is rate * |s| * direction (3DGS's
-    # log-space scales to first order); an additive set's is rate * direction.
+def test_blended_sets_step_scales_and_opacities_as_3dgs_parameterises_them():
+    # scale_by_group_rates: a blended set's scale step is rate * |s| * direction and its
+    # opacity step rate * o (1 - o) * direction (3DGS's log-space scales and logit-space
+    # opacities, to first order); an additive set's are rate * direction.
     from smartsplat_jax.train.optim import hyperparams, scale_by_group_rates
 
     cfg = config_for_method("3dgs")
@@ -193,6 +194,7 @@ def test_blended_sets_step_their_scales_in_log_space():
     tx = scale_by_group_rates(hyperparams(cfg))
     step, _ = tx.update(ones, tx.init(p), p)
     np.testing.assert_allclose(step.scales, -1e-3 * jnp.abs(p.scales), rtol=1e-6)
+    np.testing.assert_allclose(step.opacity, -1e-3 * p.opacity * (1 - p.opacity), rtol=1e-6)
     np.testing.assert_allclose(step.means, -1e-3 / 8, rtol=1e-6)
     add = p.replace(blend=False)
     step, _ = tx.update(jax.tree_util.tree_map(jnp.ones_like, add), tx.init(add), add)

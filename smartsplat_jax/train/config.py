@@ -152,7 +152,7 @@ def config_for_method(method: str, **overrides) -> FitConfig:
     (`train.imagegs` adds Image-GS's init and progressive addition). 3dgs: GaussianImage's
     3DGS baseline (`train.gs3d`): 0.7 L1 + 0.3 (1 - SSIM), Adan at 1e-3 for every group but
     the means (1e-3 / 8, its world rate at the camera's depth 8) and opacity trained, halved
-    every 20,000 steps.
+    every 20,000 steps; colours kept >= 0 (its max(SH + 0.5, 0)) and below the codec's box.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} must be one of {', '.join(METHODS)}")
@@ -161,9 +161,11 @@ def config_for_method(method: str, **overrides) -> FitConfig:
         base = dict(loss="l2", optimizer="adan", lr_means=1e-3, lr_scales=1e-3, lr_colors=1e-3,
                     lr_rotation=1e-3, lr_opacity=0.0, lr_halve_every=20_000)
     elif method == "3dgs":  # GaussianImage's train.py and gaussiansplatting_3d.py (train.gs3d)
+        from smartsplat_jax.codec.quantize import COLOR_BOX
+
         base = dict(loss="smartsplat", lambda_l1=0.7, optimizer="adan", lr_means=1e-3 / 8,
                     lr_scales=1e-3, lr_colors=1e-3, lr_rotation=1e-3, lr_opacity=1e-3,
-                    lr_halve_every=20_000)
+                    lr_halve_every=20_000, color_bounds=(0.0, COLOR_BOX[1]))
     elif method == "lig":  # LIG's train.py: Adam at 0.018 for everything (see train.lig)
         base = dict(loss="l2", optimizer="adam", lr_means=0.018, lr_scales=0.018,
                     lr_colors=0.018, lr_rotation=0.018, lr_opacity=0.0, lr_halve_every=0)

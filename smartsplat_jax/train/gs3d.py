@@ -30,10 +30,11 @@ front). Differences from the authors', each forced by that or by our codec:
   * the depth order is the init's and does not change (in 3DGS it changes when a Gaussian's
     depth does; the order gets no gradient either way);
   * rates are per 2D attribute: means move 1e-3 / 8 normalized units a step (their 1e-3
-    world units at depth 8); scales at 1e-3 in log space, as theirs (`train.optim`
-    `scale_by_group_rates` makes a blended set's scale steps relative); angles, colours (RGB;
-    one view makes view-dependent SH a constant per Gaussian) and opacity (in [0, 1],
-    projected after each update, where theirs is a logit) at 1e-3;
+    world units at depth 8); scales at 1e-3 in log space and opacities at 1e-3 in logit
+    space, as theirs (`train.optim.scale_by_group_rates` makes a blended set's steps of those
+    relative: |s| and o (1 - o) times the rate); angles and colours (RGB; one view makes
+    view-dependent SH a constant per Gaussian) at 1e-3; colours are kept in [0, 16] (theirs
+    are max(SH + 0.5, 0), unbounded above; 16 is the codec's `COLOR_BOX`);
   * what the file stores is the 2D set with its opacities and depth ranks (`codec.format`,
     version 3).
 """

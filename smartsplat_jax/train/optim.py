@@ -127,10 +127,11 @@ def scale_by_group_rates(hyper: Hyperparams) -> optax.GradientTransformation:
     (`learning_rates`); the rates may be traced values. Works on `GaussianParams` and
     `CholeskyParams` (whose `cholesky` takes the scales' rate).
 
-    A blended set (`blend=True`, the 3DGS baseline, `train.gs3d`) takes its scale steps in
-    log space, as 3DGS parameterises scales (s = exp(raw)): the step of a scale is its rate
-    times |s| times the direction, which is the log-space step to first order. This needs
-    `params` in `update` (optax passes them)."""
+    A blended set (`blend=True`, the 3DGS baseline, `train.gs3d`) steps its scales in log
+    space and its opacities in logit space, as 3DGS parameterises them (s = exp(raw),
+    o = sigmoid(raw)): the step of a scale is its rate times |s| times the direction, that of
+    an opacity its rate times o (1 - o) times the direction, the raw-space steps to first
+    order. This needs `params` in `update` (optax passes them)."""
 
     def init(params):
         del params
@@ -145,7 +146,9 @@ def scale_by_group_rates(hyper: Hyperparams) -> optax.GradientTransformation:
             if params is None:
                 raise ValueError("a blended set's scale steps are relative: pass params to "
                                  "update")
-            scaled = scaled.replace(scales=scaled.scales * jnp.abs(params.scales))
+            o = jnp.clip(params.opacity, 0.0, 1.0)
+            scaled = scaled.replace(scales=scaled.scales * jnp.abs(params.scales),
+                                    opacity=scaled.opacity * o * (1.0 - o))
         return scaled, GroupRatesState(count=state.count + 1)
 
     return optax.GradientTransformation(init, update)
