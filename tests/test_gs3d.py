@@ -201,3 +201,22 @@ def test_blended_sets_step_scales_and_opacities_as_3dgs_parameterises_them():
     np.testing.assert_allclose(step.scales, -1e-3, rtol=1e-6)
     with pytest.raises(ValueError, match="pass params"):
         tx.update(ones, tx.init(p))
+
+
+def test_cli_info_and_decompress_of_a_blended_file(tmp_path, capsys):
+    from smartsplat_jax import io as sio
+    from smartsplat_jax.cli import main
+
+    h, w = 20, 24
+    path = tmp_path / "blend.ssplat"
+    path.write_bytes(codec.encode(_blended(4, 60, h, w), h, w))
+    assert main(["info", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "version 3" in text and "60, alpha-blended in depth order (3DGS)" in text
+    assert main(["info", str(path), "--json"]) == 0
+    assert '"blend": true' in capsys.readouterr().out
+    out = tmp_path / "blend.png"
+    assert main(["decompress", str(path), str(out), "--backend=xla"]) == 0
+    q, _, _ = codec.decode(path.read_bytes())
+    want = np.round(np.asarray(render(q, h, w, backend="xla")) * 255)
+    np.testing.assert_allclose(sio.load_image(out) * 255, want, atol=1.0)  # 8-bit PNG
