@@ -419,8 +419,7 @@ def save_params(path: str | os.PathLike, params: P.GaussianParams, height: int, 
     atomically."""
     buf = io.BytesIO()
     np.savez(buf, height=height, width=width, blend=bool(params.blend),
-             **{k: np.asarray(getattr(params, k)) for k in ("means", "scales", "rotation",
-                                                              "colors", "opacity")})
+             **{k: np.asarray(getattr(params, k)) for k in params.leaf_names})
     sio.atomic_write_bytes(path, buf.getvalue())
 
 
@@ -428,7 +427,7 @@ def load_params(path: str | os.PathLike) -> tuple[P.GaussianParams, int, int]:
     """(params, height, width) from a file written by `save_params`."""
     with np.load(path) as d:
         params = P.GaussianParams(**{k: jax.numpy.asarray(d[k]) for k in
-                                     ("means", "scales", "rotation", "colors", "opacity")},
+                                     P.GaussianParams._WIDTHS},
                                   blend=bool(d["blend"]) if "blend" in d else False)
         return params.validate(), int(d["height"]), int(d["width"])
 

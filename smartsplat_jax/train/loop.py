@@ -204,11 +204,6 @@ def compiled_config(config: FitConfig) -> FitConfig:
     return FitConfig(**{f: getattr(config, f) for f in COMPILED_FIELDS})
 
 
-def _leaf_names(params) -> tuple[str, ...]:
-    """The parameter pytree's field names, in leaf order."""
-    return params.leaf_names
-
-
 def _floor_covariance(params):
     """Scales (or the Cholesky diagonal) kept at or above SCALE_FLOOR in magnitude, where the
     renderers floor them anyway: this keeps their gradient alive."""
@@ -232,7 +227,7 @@ def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale
 
     Returns (params, opt_state, losses [L], mses [L], finite, bad) with L =
     `config.chunk_steps` (entries from `count` on are 0), finite: every parameter is
-    finite at the end, bad: [F] int32, per field of the params (`_leaf_names`) the number
+    finite at the end, bad: [F] int32, per field of the params (`leaf_names`) the number
     of (Gaussian, step) pairs whose gradient had a non-finite entry (zeroed before the
     optimizer). `loss_fn`, `optimizer`: see `fit` (None: the config's).
     `mesh`: with a `train.sharded.block_mesh`, `image` is the blocked target
@@ -286,7 +281,7 @@ def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale
     def step(carry, i):
         return jax.lax.cond(i < count, train_step, skip, carry, step0 + i)
 
-    bad0 = jnp.zeros((len(_leaf_names(params)),), jnp.int32)
+    bad0 = jnp.zeros((len(params.leaf_names),), jnp.int32)
     (params, opt_state, bad), (loss, mse) = jax.lax.scan(
         step, (params, opt_state, bad0), jnp.arange(config.chunk_steps))
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)]))
@@ -475,7 +470,7 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
         raise ValueError(f"quantizer={quantizer!r} needs GaussianParams (the file's scales and "
                          f"angles), not {type(params).__name__}: train without a quantizer "
                          "and encode params.to_gaussian_params()")
-    names = _leaf_names(params)
+    names = params.leaf_names
     _check_custom(loss_fn, optimizer, img)
     mesh = _mesh(config, loss_fn, params.blend)
     if loss_fn is not None or optimizer is not None:
