@@ -176,8 +176,8 @@ def _blend_bwd(height, width, tile, chunk, background, res, g_img):
         upto = _segment_scan(contrib, starts) + partial[safe]  # C_<=i
         behind = final[safe] - upto  # S_i (the background's share included)
         cot = jnp.where(ok[:, None, None], g[safe], 0.0)
-        d_color = jnp.einsum("pkc,pk->pc", cot, weight)
-        d_alpha = jnp.where(mask, jnp.einsum("pkc,pc->pk", cot, f[:, 6:9]) * t_before
+        d_color = jnp.sum(cot * weight[:, :, None], axis=1)  # [chunk, 3]
+        d_alpha = jnp.where(mask, X.color_dot(cot, f[:, 6:9]) * t_before
                             - jnp.sum(cot * behind, -1) / (1.0 - alpha), 0.0)
         _, vjp = jax.vjp(lambda x: _alpha(x, origin, tile), f)
         (df,) = vjp(d_alpha)

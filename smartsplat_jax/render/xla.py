@@ -206,6 +206,16 @@ def _pair_contrib(f: jax.Array, origin: jax.Array, tile: int) -> jax.Array:
     alpha = _pair_terms(f, origin, tile)[6]
     return alpha[:, :, None] * f[:, None, 6:9]
 
+def color_dot(cot: jax.Array, colors: jax.Array) -> jax.Array:
+    """[chunk, T*T] sum over the channels of cot [chunk, T*T, 3] times colors [chunk, 3].
+
+    Written out over the 3 channels rather than as an einsum: XLA's CPU backend runs an
+    einsum with a batch axis of `chunk` as thousands of tiny matrix products (measured 17 of
+    72 ms of a 768x512 forward+backward), while this form fuses with the elementwise work
+    around it."""
+    return sum(cot[:, :, c] * colors[:, c:c + 1] for c in range(3))
+
+
 def _pair_contrib_vjp(f: jax.Array, origin: jax.Array, cot: jax.Array, tile: int) -> jax.Array:
     """Gradient of sum(cot * _pair_contrib(f, origin)) with respect to f: [chunk, 10].
 
@@ -215,18 +225,17 @@ def _pair_contrib_vjp(f: jax.Array, origin: jax.Array, cot: jax.Array, tile: int
     contribute exactly 0.
     """
     dx, dy, u, t, e, v, alpha, keep = _pair_terms(f, origin, tile)
-    d_alpha = jnp.einsum("pkc,pc->pk", cot, f[:, 6:9])  # [chunk, T*T]
-    d_color = jnp.einsum("pkc,pk->pc", cot, alpha)  # [chunk, 3]
+    d_alpha = color_dot(cot, f[:, 6:9])  # [chunk, T*T]
     slope = jnp.where(v < 1.0, 1.0, jnp.where(v == 1.0, 0.5, 0.0))
     d_v = jnp.where(keep, d_alpha * slope, 0.0)
-    d_o = jnp.sum(d_v * e, axis=1, keepdims=True)
     d_q = -d_v * v
     d_u, d_t = d_q * u, d_q * t
-    s = lambda x: jnp.sum(x, axis=1, keepdims=True)  # noqa: E731
-    d_mx = s(d_u * f[:, 2:3] + d_t * f[:, 4:5])
-    d_my = s(d_u * f[:, 3:4] + d_t * f[:, 5:6])
-    d_m = [s(d_u * dx), s(d_u * dy), s(d_t * dx), s(d_t * dy)]
-    return jnp.concatenate([d_mx, d_my, *d_m, d_color, d_o], axis=1)
+    # The per-pixel terms of all 10 feature gradients, summed over the tile's pixels in one
+    # reduction (ten separate reductions measured 1.8x as slow on CPU).
+    terms = jnp.stack([d_u * f[:, 2:3] + d_t * f[:, 4:5], d_u * f[:, 3:4] + d_t * f[:, 5:6],
+                       d_u * dx, d_u * dy, d_t * dx, d_t * dy,
+                       *(cot[:, :, c] * alpha for c in range(3)), d_v * e], axis=1)
+    return jnp.sum(terms, axis=2)  # [chunk, 10]
 
 def _tile_origins(tid: jax.Array, tiles_x: int, tile: int, dtype) -> jax.Array:
     ty, tx = jnp.divmod(tid, tiles_x)
