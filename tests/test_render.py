@@ -172,7 +172,7 @@ def test_public_functions_shapes_and_dtypes():
         assert float(jnp.min(img)) >= 0.0 and float(jnp.max(img)) <= 1.0
     q = rescale_params(p, (12, 20), (24, 30))
     chex.assert_trees_all_equal_shapes_and_dtypes(q, p)
-    assert isinstance(pair_count(p, 12, 20), int) and pair_count(p, 12, 20) == int(proj.counts.sum())
+    assert isinstance(pair_count(p, 12, 20), int) and pair_count(p, 12, 20, tile=4) == int(proj.counts.sum())
 
 
 # ---- GaussianImage's Cholesky parameterisation -------------------------------------------------

@@ -39,8 +39,9 @@ Memory model (float32): besides the parameters (~44 bytes per Gaussian) and O(N)
 arrays, the peak is the tile image accumulator (4 * 3 * H_pad * W_pad bytes; H_pad, W_pad =
 H, W rounded up to the tile) plus per-chunk temporaries of about
 `chunk * T*T * 4 bytes * ~12` (alphas, masks, contributions and their cotangents). With the
-default CPU chunk of 2^13 pairs and T = 4 that is ~6 MB per chunk (2^18 on GPU: ~200 MB),
-independent of image size and N. The backward adds the cotangent image and an [N, 10] gradient accumulator. A 16K x 16K
+default CPU chunk of 2^11 pairs and T = 8 that is ~6 MB per chunk (2^16 on GPU: ~200 MB),
+independent of image size and N. The backward adds the cotangent image and an [N, 10]
+gradient accumulator. A 16K x 16K
 image therefore needs 3.2 GB for the image, 3.2 GB for its cotangent, plus ~100 MB.
 """
 
@@ -62,19 +63,25 @@ NUM_FEATURES = 10  # x, y, whitening m00, m01, m10, m11, r, g, b, opacity
 _BOX_REL = 1e-4
 _BOX_ABS = 1e-2
 
-# Measured on a 2-core CPU, 768x512 with N = 8426 (CR 20), forward+backward median:
-#   tile 4:  chunk 1024 16.7 ms, 2048 13.9, 4096 13.7, 8192 13.1 (16384: 51 ms, cache-bound)
-#   tile 8:  chunk 1024 16.7 ms, 2048 15.8, 4096 15.9, 8192 18.3;  tile 16: >= 320 ms
-#   sorting each chunk by tile before the scatter: +5 to +7 ms at every setting.
-DEFAULT_TILE = 4
-_CPU_CHUNK = 1 << 13
+# Measured on a 2-core CPU, forward+backward inside a scan of steps (as training runs it),
+# minimum of 4, in ms (pairs at T = 4 / 8):
+#   768x512 CR 20, the photo's initialization (227k / 77k):  T4 chunk 8192 60.4;
+#     T8 chunk 512 52.1, 1024 47.1, 2048 39.8;  T16 chunk 512 54.0
+#   the same after 1,000 training steps (495k / 151k):  T4 chunk 4096 131.6, 8192 127.1;
+#     T8 chunk 1024 81.0, 2048 70.2, 4096 78.2
+#   synthetic scenes (`render.auto.synthetic_scene`): 768x512 CR 20 T4 13.9, T8 12.1;
+#     2048x1365 CR 50 T4 114.2, T8 117.3
+# Trained Gaussians grow, and larger tiles cost fewer pairs per pixel covered.
+# (Sorting each chunk by tile before the scatter, `sort_pairs`: +5 to +7 ms at T = 4.)
+DEFAULT_TILE = 8
+_CPU_CHUNK = 1 << 11
 # On accelerators each loop step costs a few kernel launches, so steps are made larger
-# (~50 MB per [chunk, T*T] float32 temporary at T = 4). Not yet measured on a GPU.
-_ACCELERATOR_CHUNK = 1 << 18
+# (~50 MB per [chunk, T*T] float32 temporary at T = 8). Not yet measured on a GPU.
+_ACCELERATOR_CHUNK = 1 << 16
 
 
 def default_chunk() -> int:
-    """Pairs per loop step for the default backend: 8192 on CPU, 2^18 on GPU/TPU."""
+    """Pairs per loop step for the default backend: 2048 on CPU, 2^16 on GPU/TPU."""
     return _CPU_CHUNK if jax.default_backend() == "cpu" else _ACCELERATOR_CHUNK
 
 class Projection(NamedTuple):
