@@ -1,30 +1,43 @@
 """Benchmark the rasterizer: forward, forward+backward and a whole training step, per backend
-and image size.
+and image size, with the step broken down into its parts.
 
   python -m experiments.bench_render                      # CPU sizes, xla vs reference
+  python -m experiments.bench_render --sizes=768x512@20 --backends=xla \
+      --image=smartsplat_jax/data/kodim23.png --pretrain_steps=1000   # the quick start's scene
   python -m experiments.bench_render --backends=xla,pallas \
       --sizes=2048x1365@50,7680x4320@50,16384x16384@200   # GPU: the issue's targets
 
 The training step is the library's: render + SmartSplat loss (0.9 L1 + 0.1 (1 - SSIM)) +
 gradient + Adam update (`train.loss_value`, `train.make_optimizer`), jitted as one function.
-It is broken down into the rasterizer's forward+backward (of an L1 loss), the SmartSplat
-loss's forward+backward with respect to the image, and the optimizer update, each timed
-alone; "rest" is the step minus the three (fusion across them makes it negative at times).
-On a CPU the pallas kernels run interpreted (slow; only useful as a smoke test).
+It is broken down into the rasterizer's forward+backward (against a fixed random cotangent),
+the SmartSplat loss's forward+backward with respect to the image, and the optimizer update,
+each timed alone; "rest" is the step minus the three (fusion and overlap across them make it
+negative at times), and "loss+opt share" is (loss + optimizer) / step.
 
-Scenes are SmartSplat-like (SPEC §4.4): N = floor(3HW / (7 CR)) Gaussians, uniform means,
-scales s_base * exp(-w/2) per axis with w ~ U(0, 1), random angles and colours. Reported per
-row: pairs (tile, Gaussian), median milliseconds after warm-up (block_until_ready), XLA's
-buffer estimate for the compiled program (arguments + outputs + temporaries) and, where the
-device reports it, the peak device memory; "evals/s" counts Gaussian-pixel evaluations done
-(pairs * T * T) and "useful/s" those with alpha >= 1/255 (the ellipse areas, an analytic
-count) per second of forward+backward.
+Every part is timed as `--scan_steps` iterations inside one `lax.scan`, each iteration
+depending on the last, as `train.fit` runs its steps: per step, the median over repeats
+after a warm-up. (Timed one call at a time, a CPU part also pays for fresh output buffers
+at every call -- page faults that training inside a scan does not see: the SmartSplat loss
+of a 768x512 image measured 48 ms that way and 24 ms per step in a scan.)
+
+Scenes: by default SmartSplat-like synthetic ones (SPEC §4.4): N = floor(3HW / (7 CR))
+Gaussians, uniform means, scales s_base * exp(-w/2) per axis with w ~ U(0, 1), random angles
+and colours. With `--image`, the image resized to each size and SmartSplat's initialization
+on it, trained `--pretrain_steps` steps first (trained Gaussians grow: the quick start's
+scene has 2.2x the pairs after 1,000 steps than at its initialization). Reported per row:
+pairs (tile, Gaussian), median milliseconds, XLA's buffer estimate for the compiled
+program (arguments + outputs + temporaries) and, where the device reports it, the peak
+device memory; "evals/s" counts Gaussian-pixel evaluations done (pairs * T * T) and
+"useful/s" those with alpha >= 1/255 (the ellipse areas, an analytic count) per second of
+forward+backward. On a CPU the pallas kernels run interpreted (slow; only useful as a
+smoke test).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +51,7 @@ from smartsplat_jax import losses
 from smartsplat_jax import params as P
 from smartsplat_jax.render import pair_capacity, pair_count, render
 from smartsplat_jax.render import pallas as PL
-from smartsplat_jax.render.auto import median_seconds, synthetic_scene
+from smartsplat_jax.render.auto import synthetic_scene
 from smartsplat_jax.render import xla as X
 from smartsplat_jax.train import FitConfig, loss_value, make_optimizer
 from smartsplat_jax.render.reference import MAX_DENSE_ELEMENTS
@@ -49,15 +62,31 @@ _BACKENDS = flags.DEFINE_list("backends", ["xla", "reference"],
                               "Backends to time: xla, pallas, reference.")
 _TILE = flags.DEFINE_integer("tile", None, "Tile side for xla (default: the library's).")
 _CHUNK = flags.DEFINE_integer("chunk", None, "Pairs per loop step for xla (default: library's).")
-_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed repeats (after 2 warm-up calls).")
+_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed repeats (after 1 warm-up call).")
+_SCAN_STEPS = flags.DEFINE_integer("scan_steps", 10,
+                                   "Iterations of each timed part inside one lax.scan.")
 _TRAIN_STEP = flags.DEFINE_bool("train_step", True,
                                 "Also time a whole training step (render+loss+grad+Adam).")
+_IMAGE = flags.DEFINE_string("image", "", "Scene: SmartSplat's initialization on this image "
+                             "(resized to each size); empty: a synthetic scene.")
+_PRETRAIN = flags.DEFINE_integer("pretrain_steps", 0, "With --image: train this many steps "
+                                 "(xla backend) before timing.")
 _OUT = flags.DEFINE_string("out", "results/bench_render.json", "JSON output path.")
 _SEED = flags.DEFINE_integer("seed", 0, "Scene seed.")
 
 
-def _ms(fn, *args, repeats: int) -> float:
-    return 1e3 * median_seconds(fn, *args, repeats=repeats)
+def _scan_ms(body, carry) -> float:
+    """Milliseconds per iteration of `carry = body(carry)` run `--scan_steps` times in one
+    jitted lax.scan: the median over `--repeats` calls after one warm-up call."""
+    k = _SCAN_STEPS.value
+    run = jax.jit(lambda c: jax.lax.scan(lambda c, _: (body(c), None), c, None, length=k)[0])
+    jax.block_until_ready(run(carry))
+    times = []
+    for _ in range(_REPEATS.value):
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(carry))
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times)) / k
 
 
 def _buffer_gib(jitted, *args) -> float | None:
@@ -75,44 +104,62 @@ def _device_peak_gib() -> float | None:
     return None if peak is None else peak / 2**30
 
 
-def _train_step(backend: str, capacity: int | None, params: P.GaussianParams):
-    """(jitted step(params, opt_state, target) -> (params, opt_state, loss), initial state)."""
+def _nudge(params, grads, eps: float = 1e-12):
+    """params - eps * grads: a step that keeps a scan's iterations dependent on each other."""
+    return jax.tree_util.tree_map(lambda p, g: p - eps * g.astype(p.dtype), params, grads)
+
+
+def _step_parts(backend: str, capacity: int | None, params: P.GaussianParams, target,
+                rendered) -> dict:
+    """Per-step milliseconds of the whole training step and of its parts outside the
+    rasterizer: the SmartSplat loss's forward+backward with respect to the rendered image,
+    and the Adam update (on gradients of the parameters' shapes) with its application."""
     config = FitConfig(backend=backend)
     opt = make_optimizer(config)
+    state = opt.init(params)
 
-    @jax.jit
-    def step(p, s, t):
-        (loss, _), grads = jax.value_and_grad(loss_value, has_aux=True)(p, t, config, capacity)
+    def train_step(carry):
+        p, s = carry
+        grads = jax.grad(lambda q: loss_value(q, target, config, capacity)[0])(p)
         updates, s = opt.update(grads, s, p)
-        return optax.apply_updates(p, updates), s, loss
+        return optax.apply_updates(p, updates), s
 
-    return step, opt.init(params)
+    loss_grad = jax.grad(lambda r: losses.smartsplat_loss(r, target, config.lambda_l1))
+    grads = jax.tree_util.tree_map(lambda x: 1e-6 * jnp.ones_like(x), params)
 
-
-def _step_parts(params: P.GaussianParams, state, target, rendered) -> dict:
-    """The training step's pieces outside the rasterizer, each jitted alone: the SmartSplat
-    loss's forward+backward with respect to the rendered image, and the Adam update (on
-    gradients of the parameters' shapes) with its application."""
-    config = FitConfig()
-    opt = make_optimizer(config)
-    loss_grad = jax.jit(jax.value_and_grad(
-        lambda r, t: losses.smartsplat_loss(r, t, config.lambda_l1)))
-
-    @jax.jit
-    def update(g, s, p):
-        u, s = opt.update(g, s, p)
+    def update(carry):
+        p, s = carry
+        u, s = opt.update(grads, s, p)
         return optax.apply_updates(p, u), s
 
-    grads = jax.tree_util.tree_map(lambda x: 1e-6 * jnp.ones_like(x), params)
-    return {"loss_fwd_bwd_ms": _ms(loss_grad, rendered, target, repeats=_REPEATS.value),
-            "optimizer_ms": _ms(update, grads, state, params, repeats=_REPEATS.value)}
+    return {"step_ms": _scan_ms(train_step, (params, state)),
+            "loss_fwd_bwd_ms": _scan_ms(lambda r: r - 1e-6 * loss_grad(r), rendered),
+            "optimizer_ms": _scan_ms(update, (params, state))}
+
+
+def _scene(width: int, height: int, n: int) -> P.GaussianParams:
+    """The Gaussians to time: synthetic, or SmartSplat's initialization on --image resized
+    to width x height, trained --pretrain_steps steps."""
+    if not _IMAGE.value:
+        return synthetic_scene(jax.random.PRNGKey(_SEED.value), height, width, n)
+    from smartsplat_jax import load_image
+    from smartsplat_jax.train import config_for_method, fit, initialize
+
+    img = np.asarray(jax.image.resize(jnp.asarray(load_image(_IMAGE.value)),
+                                      (height, width, 3), "lanczos3").clip(0.0, 1.0))
+    params, _ = initialize("smartsplat", jax.random.PRNGKey(_SEED.value), img, n)
+    if _PRETRAIN.value:
+        cfg = config_for_method("smartsplat", steps=_PRETRAIN.value, backend="xla",
+                                eval_every=0, checkpoint_every=0)
+        params, _ = fit(img, params, cfg, progress=False)
+    return params
 
 
 def bench_one(width: int, height: int, cr: float, backend: str) -> dict | None:
     n = P.num_gaussians(height, width, cr)
-    params = synthetic_scene(jax.random.PRNGKey(_SEED.value), height, width, n)
     if backend == "reference" and n * height * width > MAX_DENSE_ELEMENTS // 4:
         return None
+    params = _scene(width, height, n)
     opts, tile = {}, None
     if backend == "xla":
         tile = _TILE.value or X.DEFAULT_TILE
@@ -123,9 +170,10 @@ def bench_one(width: int, height: int, cr: float, backend: str) -> dict | None:
         tile = PL.DEFAULT_TILE
         opts["capacity"] = pair_capacity(params, height, width, tile)
     target = jax.random.uniform(jax.random.PRNGKey(1), (height, width, 3))
-    fwd = jax.jit(lambda p: render(p, height, width, backend=backend, **opts))
-    loss = lambda p, t: jnp.mean(jnp.abs(render(p, height, width, backend=backend, **opts) - t))
-    fwd_bwd = jax.jit(jax.value_and_grad(loss))
+    cotangent = jax.random.normal(jax.random.PRNGKey(2), (height, width, 3))
+    draw = lambda p: render(p, height, width, backend=backend, **opts)  # noqa: E731
+    fwd = jax.jit(draw)
+    fwd_bwd = jax.jit(jax.grad(lambda p: jnp.sum(draw(p) * cotangent)))
 
     pairs = None if tile is None else pair_count(params, height, width, tile)
     s = np.abs(np.asarray(params.scales))
@@ -133,19 +181,22 @@ def bench_one(width: int, height: int, cr: float, backend: str) -> dict | None:
     row = {"width": width, "height": height, "cr": cr, "n": n, "backend": backend,
            "device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
            "jax": jax.__version__, "tile": tile, "pairs": pairs,
-           "capacity": opts.get("capacity")}
-    row["fwd_ms"] = _ms(fwd, params, repeats=_REPEATS.value)
-    row["fwd_bwd_ms"] = _ms(fwd_bwd, params, target, repeats=_REPEATS.value)
+           "capacity": opts.get("capacity"), "scene": _IMAGE.value or "synthetic",
+           "pretrain_steps": _PRETRAIN.value if _IMAGE.value else 0,
+           "scan_steps": _SCAN_STEPS.value}
+    # Forward: the next iteration's colours depend on this render (so nothing is hoisted).
+    row["fwd_ms"] = _scan_ms(lambda p: p.replace(colors=p.colors + 1e-30 * jnp.mean(draw(p))),
+                             params)
+    row["fwd_bwd_ms"] = _scan_ms(lambda p: _nudge(p, fwd_bwd(p)), params)
     row["fwd_buffers_gib"] = _buffer_gib(fwd, params)
-    row["fwd_bwd_buffers_gib"] = _buffer_gib(fwd_bwd, params, target)
-    row["step_ms"] = row["step_it_per_s"] = None
+    row["fwd_bwd_buffers_gib"] = _buffer_gib(fwd_bwd, params)
+    row["step_ms"] = row["step_it_per_s"] = row["loss_opt_share"] = None
     if _TRAIN_STEP.value:
-        step, state = _train_step(backend, opts.get("capacity"), params)
-        row["step_ms"] = _ms(step, params, state, target, repeats=_REPEATS.value)
+        row.update(_step_parts(backend, opts.get("capacity"), params, target, fwd(params)))
         row["step_it_per_s"] = 1e3 / row["step_ms"]
-        row.update(_step_parts(params, state, target, fwd(params)))
         row["rest_ms"] = (row["step_ms"] - row["fwd_bwd_ms"] - row["loss_fwd_bwd_ms"]
                           - row["optimizer_ms"])
+        row["loss_opt_share"] = (row["loss_fwd_bwd_ms"] + row["optimizer_ms"]) / row["step_ms"]
     row["device_peak_gib"] = _device_peak_gib()
     row["max_abs_diff_vs_xla"] = None
     if backend == "pallas":  # the compiled kernels' image against the xla rasterizer's
@@ -172,10 +223,10 @@ def main(argv):
             print(json.dumps(row), flush=True)
     print()
     print("| size | CR | N | backend | device | tile | pairs | fwd ms | fwd+bwd ms | step ms "
-          "| loss fwd+bwd ms | optimizer ms | rest ms "
+          "| loss fwd+bwd ms | optimizer ms | rest ms | loss+opt share "
           "| step it/s | buffers GiB (fwd+bwd) | peak GiB | useful evals/s | fwd+bwd vs xla "
           "| max abs diff vs xla |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
     def fmt(v, spec):
         return "" if v is None else format(v, spec)
@@ -188,7 +239,7 @@ def main(argv):
               f"{r['device']} | {fmt(r['tile'], 'd')} | {fmt(r['pairs'], 'd')} | "
               f"{r['fwd_ms']:.2f} | {r['fwd_bwd_ms']:.2f} | {fmt(r['step_ms'], '.2f')} | "
               f"{fmt(r.get('loss_fwd_bwd_ms'), '.2f')} | {fmt(r.get('optimizer_ms'), '.2f')} | "
-              f"{fmt(r.get('rest_ms'), '.2f')} | "
+              f"{fmt(r.get('rest_ms'), '.2f')} | {fmt(r.get('loss_opt_share'), '.0%')} | "
               f"{fmt(r['step_it_per_s'], '.1f')} | {fmt(r['fwd_bwd_buffers_gib'], '.3f')} | "
               f"{fmt(r['device_peak_gib'], '.2f')} | {r['useful_per_s']:.3g} | {ratio} | "
               f"{fmt(r['max_abs_diff_vs_xla'], '.2g')} |")

@@ -23,18 +23,33 @@ def _run(args):
 def test_bench_render_writes_rows(tmp_path, backends):
     # The pallas row (kernels interpreted on CPU, ~30 s) is slow; its kernels are checked
     # against xla and the oracle in test_render_pallas.
-    out = _run(["experiments.bench_render", "--sizes=40x24@5", "--repeats=1",
+    out = _run(["experiments.bench_render", "--sizes=40x24@5", "--repeats=1", "--scan_steps=2",
                 f"--backends={backends}", f"--out={tmp_path / 'r.json'}"])
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads((tmp_path / "r.json").read_text())
     assert {r["backend"] for r in rows} == set(backends.split(","))
     assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["step_ms"] > 0 for r in rows)
     assert all(r["loss_fwd_bwd_ms"] > 0 and r["optimizer_ms"] > 0 for r in rows)
+    assert all(r["loss_opt_share"] == pytest.approx(
+        (r["loss_fwd_bwd_ms"] + r["optimizer_ms"]) / r["step_ms"]) for r in rows)
+    assert all(r["scene"] == "synthetic" and r["scan_steps"] == 2 for r in rows)
     by = {r["backend"]: r for r in rows}
     if "pallas" in by:
         assert by["pallas"]["capacity"] >= by["pallas"]["pairs"] > 0
         assert by["pallas"]["max_abs_diff_vs_xla"] <= 1e-5
     assert "| 40x24 | 5 |" in out.stdout
+
+
+def test_bench_render_on_a_trained_image_scene(tmp_path):
+    from smartsplat_jax import DEMO_IMAGE
+
+    out = _run(["experiments.bench_render", "--sizes=40x24@5", "--repeats=1", "--scan_steps=1",
+                "--backends=xla", f"--image={DEMO_IMAGE}", "--pretrain_steps=3",
+                f"--out={tmp_path / 'r.json'}"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "r.json").read_text())
+    assert row["scene"] == str(DEMO_IMAGE) and row["pretrain_steps"] == 3
+    assert row["n"] == (3 * 40 * 24) // 35 and row["pairs"] > 0 and row["step_ms"] > 0
 
 
 def test_bench_init_writes_rows(tmp_path):
