@@ -112,6 +112,7 @@ def choose_num_gaussians(image, cr: float, *, method: str, config, key: jax.Arra
     from smartsplat_jax.codec.rate import byte_budget
     from smartsplat_jax.pipeline import _as_gaussian, _encode_and_decode, _train
     from smartsplat_jax.train import initialize
+    from smartsplat_jax.train.sharded import mesh_devices
     from smartsplat_jax.train.config import default_qat_steps
 
     max_trials = MAX_TRIALS if max_trials is None else max_trials
@@ -146,7 +147,8 @@ def choose_num_gaussians(image, cr: float, *, method: str, config, key: jax.Arra
         t0 = time.perf_counter()
         if log is not None:
             log(f"pilot {len(trials) + 1}/{max_trials}: N={n} (rung {k:+d}), {steps} steps")
-        params0, _ = initialize(method, key, image, n)
+        params0, _ = initialize(method, key, image, n,
+                                 devices=mesh_devices(config.devices))
         params, history, stopped = _train(
             method, image, params0, pilot, key, budget, progress=progress, resume=resume,
             workdir=None if workdir is None or not full else pilot_dir(workdir, n),

@@ -368,6 +368,7 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
       `data` encodes).
     """
     from smartsplat_jax.train import config_for_method, initialize
+    from smartsplat_jax.train.sharded import mesh_devices
 
     config = config_for_method(method, steps=steps, backend=backend, **overrides)
     resolved = resolve_backend(config.backend)  # once, before anything is compiled
@@ -385,7 +386,7 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
     if fitted is not None:  # the chosen pilot of gaussians="auto" is the whole run
         params, history = fitted
     else:
-        params0, _ = initialize(method, key, image, n)
+        params0, _ = initialize(method, key, image, n, devices=mesh_devices(config.devices))
         params, history, diverged = _train(method, image, params0, config, key, budget,
                                            progress=progress, workdir=fit_dir, resume=resume,
                                            run_info=run_info)
@@ -480,6 +481,7 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
       TrainingInterrupted: SIGINT/SIGTERM, after writing a checkpoint.
     """
     from smartsplat_jax.train import TrainingDiverged, config_for_method, initialize
+    from smartsplat_jax.train.sharded import mesh_devices
 
     config = config_for_method(method, steps=steps, backend=backend, **overrides)
     resolved = resolve_backend(config.backend)  # once, before anything is compiled
@@ -496,7 +498,7 @@ def run_fit(image_path: str | os.PathLike, workdir: str | os.PathLike, *, cr: fl
     search_seconds = time.perf_counter() - search_t0
 
     t0 = time.perf_counter()
-    params0, info = initialize(method, key, image, n)
+    params0, info = initialize(method, key, image, n, devices=mesh_devices(config.devices))
     jax.block_until_ready(params0)
     init_seconds = time.perf_counter() - t0
     if visualize:  # renders the initialization once, for the pictures and its PSNR

@@ -316,3 +316,17 @@ def test_smart_beats_random_on_a_photo(kodak_dir):
     ps, info = smart_init(jax.random.PRNGKey(0), img, n)
     pr, _ = random_init(jax.random.PRNGKey(0), img, n)
     assert metrics.psnr(render(ps, h, w), img) > metrics.psnr(render(pr, h, w), img) + 1.0
+
+
+@pytest.mark.parametrize("devices", [["cpu"], [], "cpu", 3])
+def test_smart_init_refuses_devices_that_are_not_jax_devices(devices):
+    img = np.zeros((16, 16, 3), np.float32)
+    with pytest.raises(ValueError, match="devices=.* must be a"):
+        smart_init(jax.random.PRNGKey(0), img, 10, devices=devices)
+
+
+def test_smart_init_refuses_a_device_named_twice():
+    img = np.zeros((16, 16, 3), np.float32)
+    dev = jax.devices()[0]
+    with pytest.raises(ValueError, match="names a device twice"):
+        smart_init(jax.random.PRNGKey(0), img, 10, devices=[dev, dev])

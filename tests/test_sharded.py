@@ -43,6 +43,19 @@ with enable_x64():  # the loss and its gradients, float64, an odd size (padded l
 img = load_image(DEMO_IMAGE)[150:246, 250:378]  # a short fit, float32, on 1 and 4 devices
 h, w = img.shape[:2]
 p0, _ = initialize("smartsplat", jax.random.PRNGKey(0), img, num_gaussians(h, w, 10))
+# The initialization over 4 devices: 6 tiles of 48 x 48 in batches of 2 per device, the
+# neighbour queries and the colours split 4 ways.
+from smartsplat_jax.init import smart_init
+big = load_image(DEMO_IMAGE)[100:300, 200:460]
+kw = dict(tile=48, batch_pixels=2 * 48 * 48)
+one, i1 = smart_init(jax.random.PRNGKey(3), big, 1500, **kw)
+four, i4 = smart_init(jax.random.PRNGKey(3), big, 1500, devices=jax.devices(), **kw)
+out["init"] = {"devices": [i1["devices"], i4["devices"]],
+               "tiles": i4["tiles"]["n_h"] * i4["tiles"]["n_w"],
+               "means_equal": bool(np.array_equal(one.means, four.means)),
+               **{f"{k}_rel": float(jnp.max(jnp.abs(getattr(one, k) - getattr(four, k)))
+                                    / jnp.max(jnp.abs(getattr(one, k))))
+                  for k in ("scales", "colors")}}
 for d in (1, (2, 2)):  # the float64 checks above cover bands; one fit on blocks
     cfg = config_for_method("smartsplat", steps=30, chunk_steps=10, eval_every=30, devices=d,
                             backend="xla")
@@ -84,6 +97,9 @@ def test_bands_over_four_devices_equal_one_device():
         for a, b in zip(one["loss"], many["loss"]):
             assert abs(a - b) <= 1e-3 * abs(a), (key, one["loss"], many["loss"])
         assert abs(one["psnr"] - many["psnr"]) < 0.05, (key, one["psnr"], many["psnr"])
+    init = out["init"]  # the same Gaussians: positions exactly, scales and colours to rounding
+    assert init["devices"] == [1, 4] and init["tiles"] > 4 and init["means_equal"], init
+    assert init["scales_rel"] < 1e-6 and init["colors_rel"] < 1e-6, init
     refusals = [v for k, v in out.items() if k.startswith("refused")]
     assert "devices=5 needs 5 devices but only 4 device(s)" in refusals[0]
     assert "cannot be split over devices=2" in refusals[1]

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from smartsplat_jax.init import spread
 from smartsplat_jax.init.grid import pow2_ceil
 
 __all__ = ["TAPS", "TAP_WEIGHTS", "bilinear", "weighted_median_colors"]
@@ -79,15 +80,21 @@ def _chunk_median(image, xy, scale):
 
 
 def weighted_median_colors(image: jax.Array, xy: np.ndarray, scale: np.ndarray, *,
-                           chunk: int = 1 << 13) -> np.ndarray:
-    """[N, 3] colours for Gaussians at pixel positions xy [N, 2] with scales [N] (pixels)."""
+                           chunk: int = 1 << 13, devices=None) -> np.ndarray:
+    """[N, 3] colours for Gaussians at pixel positions xy [N, 2] with scales [N] (pixels).
+
+    `chunk` Gaussians per jitted call (per device, when `devices` lists several jax devices
+    that share each chunk: `init.spread`, the same colours)."""
+    devices = spread.check_devices(devices)
     xy = np.asarray(xy, np.float32).reshape(-1, 2)
     scale = np.asarray(scale, np.float32).reshape(-1)
     n = xy.shape[0]
     out = np.empty((n, image.shape[2]), np.float32)
-    size = min(chunk, pow2_ceil(n))
+    size = spread.round_up(min(chunk * spread.count(devices), pow2_ceil(n)), devices)
+    image = spread.replicate(image, devices)
     for c0 in range(0, n, size):
         idx = np.resize(np.arange(c0, min(c0 + size, n)), size)
-        res = _chunk_median(image, jnp.asarray(xy[idx]), jnp.asarray(scale[idx]))
+        res = _chunk_median(image, spread.put_batch(xy[idx], devices),
+                            spread.put_batch(scale[idx], devices))
         out[c0 : min(c0 + size, n)] = np.asarray(res)[: min(size, n - c0)]
     return out

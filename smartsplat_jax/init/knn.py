@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from smartsplat_jax.init import grid as G
+from smartsplat_jax.init import spread
 
 __all__ = ["K_NEIGHBOURS", "knn_scales"]
 
@@ -38,7 +39,7 @@ def _ring(best, q_xy, q_idx, pts, sorted_ids, order, spec, offsets, occ: int, k:
 
 
 def knn_scales(xy: np.ndarray, query_index: np.ndarray, height: int, width: int, *,
-               k: int = K_NEIGHBOURS, chunk: int = 1 << 15) -> np.ndarray:
+               k: int = K_NEIGHBOURS, chunk: int = 1 << 15, devices=None) -> np.ndarray:
     """Scales of the points `xy[query_index]` from their K nearest points in `xy` (self included).
 
     Args:
@@ -47,10 +48,13 @@ def knn_scales(xy: np.ndarray, query_index: np.ndarray, height: int, width: int,
       height, width: the image in pixels (the grid's extent).
       k: K, self included.
       chunk: queries per jitted call.
+      devices: None (one device) or several jax devices that share each call's queries
+        (`init.spread`; the same scales).
 
     Returns:
       [Q] float32 scales in pixels.
     """
+    devices = spread.check_devices(devices)
     xy = np.asarray(xy, np.float32).reshape(-1, 2)
     query_index = np.asarray(query_index, np.int32).reshape(-1)
     m, nq = xy.shape[0], query_index.shape[0]
@@ -62,6 +66,7 @@ def knn_scales(xy: np.ndarray, query_index: np.ndarray, height: int, width: int,
     pts = jnp.asarray(xy)
     sorted_ids, order = G.build(spec.traced(), pts, jnp.ones(m, bool))
     occ = G.pow2_ceil(max(1, G.max_occupancy(spec, sorted_ids)))
+    shared = spread.replicate((pts, sorted_ids, order, spec.traced()), devices)
     kk = min(k, m)
     out = np.empty(nq, np.float32)
     size = min(chunk, G.pow2_ceil(nq))
@@ -75,10 +80,11 @@ def knn_scales(xy: np.ndarray, query_index: np.ndarray, height: int, width: int,
         for radius in range(last_ring + 1):
             # Only the open queries read the next ring (padded by repetition to a power of
             # two, so that few sizes are compiled): most close within two rings.
-            sel = np.resize(active, G.pow2_ceil(active.size))
-            got = np.asarray(_ring(jnp.asarray(best[sel]), pts[qi[sel]], jnp.asarray(qi[sel]),
-                                   pts, sorted_ids, order, spec.traced(),
-                                   jnp.asarray(G.ring_offsets(radius)), occ=occ, k=kk))
+            sel = np.resize(active, spread.round_up(G.pow2_ceil(active.size), devices))
+            batch = spread.put_batch((best[sel], xy[qi[sel]], qi[sel]), devices)
+            got = np.asarray(_ring(*batch, *shared,
+                                   spread.replicate(G.ring_offsets(radius), devices),
+                                   occ=occ, k=kk))
             best[active] = got[: active.size]
             active = active[best[active, -1] > cell2(radius)]
             if active.size == 0:

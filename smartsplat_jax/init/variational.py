@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smartsplat_jax.init import features
+from smartsplat_jax.init import features, spread
 from smartsplat_jax.init.tiles import TileLayout
 
 __all__ = ["s_base", "variational_scales", "draw_without_replacement", "sample_variational",
@@ -67,13 +67,18 @@ def _sample_batch(keys, origins, image, tile_h: int, tile_w: int, k: int, lambda
     return jax.vmap(one)(keys, origins)
 
 
-def _batch_size(layout: TileLayout, batch_pixels: int) -> int:
-    return max(1, min(layout.num_tiles, batch_pixels // (layout.tile_h * layout.tile_w)))
+def _batch_size(layout: TileLayout, batch_pixels: int, devices=None) -> int:
+    """Tiles per batch: at most batch_pixels // tile area per device, a multiple of the
+    device count."""
+    d = spread.count(devices)
+    area = layout.tile_h * layout.tile_w
+    return max(1, min(-(-layout.num_tiles // d), batch_pixels // area)) * d
 
 
 def sample_variational(key: jax.Array, image: jax.Array, layout: TileLayout,
                        counts: np.ndarray, *, lambda_m: float = features.LAMBDA_M,
-                       batch_pixels: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+                       batch_pixels: int = 1 << 22,
+                       devices=None) -> tuple[np.ndarray, np.ndarray]:
     """Draws counts[t] distinct weighted pixels in each tile t of `layout`.
 
     Args:
@@ -82,7 +87,9 @@ def sample_variational(key: jax.Array, image: jax.Array, layout: TileLayout,
       layout: the tile layout.
       counts: [num_tiles] samples per tile (Eq. 13), each <= tile_h * tile_w.
       lambda_m: gradient weight in Eq. 10.
-      batch_pixels: tiles per batch = batch_pixels // tile area (memory bound).
+      batch_pixels: tiles per batch and device = batch_pixels // tile area (memory bound).
+      devices: None (one device) or several jax devices that share each batch of tiles
+        (`init.spread`; the same samples).
 
     Returns:
       xy: [sum(counts), 2] float32 pixel coordinates (integers), tiles in row-major order.
@@ -96,13 +103,16 @@ def sample_variational(key: jax.Array, image: jax.Array, layout: TileLayout,
     k = int(counts.max(initial=0))
     if k == 0:
         return np.zeros((0, 2), np.float32), np.zeros((0,), np.float32)
+    devices = spread.check_devices(devices)
     keys = jax.random.split(key, layout.num_tiles)
-    b = _batch_size(layout, batch_pixels)
+    b = _batch_size(layout, batch_pixels, devices)
+    image = spread.replicate(image, devices)
     xy_parts, w_parts = [], []
     for t0 in range(0, layout.num_tiles, b):
         sel = np.arange(t0, t0 + b) % layout.num_tiles  # pad the last batch by wrapping
-        xy, w = _sample_batch(keys[sel], jnp.asarray(layout.origins[sel], jnp.int32), image,
-                              tile_h=layout.tile_h, tile_w=layout.tile_w, k=k,
+        xy, w = _sample_batch(spread.put_batch(keys[sel], devices),
+                              spread.put_batch(layout.origins[sel].astype(np.int32), devices),
+                              image, tile_h=layout.tile_h, tile_w=layout.tile_w, k=k,
                               lambda_m=float(lambda_m))
         xy, w = np.asarray(xy), np.asarray(w)
         for row, t in enumerate(sel[: min(b, layout.num_tiles - t0)]):

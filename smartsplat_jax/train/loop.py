@@ -675,24 +675,18 @@ def _mesh(config: FitConfig, loss_fn, blend: bool = False):
     """The R x C block mesh of `config.devices` (D: D x 1 bands; `train.sharded`), None for
     one device; ValueError for more devices than there are, a custom loss (the blocks
     compute the config's loss) or blended Gaussians (the blocks render sums)."""
-    from smartsplat_jax.train.sharded import block_mesh, mesh_shape
+    from smartsplat_jax.train.sharded import block_mesh, mesh_devices, mesh_shape
 
-    shape = mesh_shape(config.devices)
-    count = shape[0] * shape[1]
-    if count == 1:
+    if mesh_shape(config.devices) == (1, 1):
         return None
     if blend:
         raise ValueError(f"devices={config.devices}: blended Gaussians (method 3dgs) train on "
                          "one device only (the sharded loss renders sums); use devices=1")
-    available = jax.devices()
-    if count > len(available):
-        raise ValueError(f"devices={config.devices} needs {count} devices but only "
-                         f"{len(available)} device(s) are available "
-                         f"({available[0].platform}); use 1 to {len(available)}")
+    devices = mesh_devices(config.devices)
     if loss_fn is not None:
         raise ValueError(f"loss_fn={_name(loss_fn)} cannot be split over devices={config.devices}"
                          " (the blocks compute the config's loss); use devices=1")
-    return block_mesh(available[:count], shape)
+    return block_mesh(devices, mesh_shape(config.devices))
 
 
 def _name(fn) -> str:

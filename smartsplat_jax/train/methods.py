@@ -45,14 +45,18 @@ def gaussianimage_cholesky_init(key: jax.Array, image, num_gaussians: int
     return params, {"num_gaussians": n}
 
 
-def initialize(method: str, key: jax.Array, image, num_gaussians: int):
+def initialize(method: str, key: jax.Array, image, num_gaussians: int, *, devices=None):
     """(params, info) for `method` in METHODS: `GaussianParams`, or `CholeskyParams` for
     gaussianimage-cholesky and lig (`train_method` trains either; convert with
     `to_gaussian_params` to encode). lig: both levels, level 0 first (`train.lig.lig_init`);
     imagegs: N rows, half of them active (`train.imagegs.imagegs_init`); 3dgs: `blend=True`,
-    rows front to back (`train.gs3d.gs3d_init`)."""
+    rows front to back (`train.gs3d.gs3d_init`).
+
+    `devices`: None, or jax devices that share SmartSplat's initialization (`smart_init`;
+    the same Gaussians up to float rounding). The other methods' initializations are O(N)
+    draws and run on one device whatever it says."""
     if method == "smartsplat":
-        return smart_init(key, image, num_gaussians)
+        return smart_init(key, image, num_gaussians, devices=devices)
     if method == "random":
         return random_init(key, image, num_gaussians)
     if method == "gaussianimage-rs":

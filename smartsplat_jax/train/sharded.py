@@ -35,8 +35,8 @@ block (12 B per pixel), a device holds about
 
 A 32768 x 32768 image at CR 50 (N = 9,203,501) on a 4 x 2 mesh of 8 devices: blocks of
 8192 x 16384 pixels, 240 B x 134.5 M + 252 B x 9.2 M = 32.3 GB + 2.3 GB, about 35 GB per
-device, within an 80 GB GPU (by this formula; not run at that size). The initialization still
-runs on one device.
+device, within an 80 GB GPU (by this formula; not run at that size). The initialization is
+shared by the same devices (`init.spread`; the image replicated on each: 12.9 GB at 32K).
 
 Limits: the halo pixels are rendered twice (by both neighbours), a cost of about
 10 / rows + 10 / cols of the render; the SSIM gradient is autodiff's, not the hand-written
@@ -69,6 +69,24 @@ def mesh_shape(devices) -> tuple[int, int]:
     if isinstance(devices, (tuple, list)):
         return int(devices[0]), int(devices[1])
     return int(devices), 1
+
+
+def mesh_devices(devices) -> list | None:
+    """The jax devices a `FitConfig.devices` value runs on: the first R x C of
+    `jax.devices()`; None for one device.
+
+    Raises:
+      ValueError: more devices than there are.
+    """
+    r, c = mesh_shape(devices)
+    if r * c == 1:
+        return None
+    available = jax.devices()
+    if r * c > len(available):
+        raise ValueError(f"devices={devices} needs {r * c} devices but only "
+                         f"{len(available)} device(s) are available "
+                         f"({available[0].platform}); use 1 to {len(available)}")
+    return available[:r * c]
 
 
 def block_mesh(devices=None, shape: tuple[int, int] | None = None) -> Mesh:
