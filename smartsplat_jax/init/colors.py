@@ -84,7 +84,7 @@ def weighted_median_colors(image: jax.Array, xy: np.ndarray, scale: np.ndarray, 
     """[N, 3] colours for Gaussians at pixel positions xy [N, 2] with scales [N] (pixels).
 
     `chunk` Gaussians per jitted call (per device, when `devices` lists several jax devices
-    that share each chunk: `init.spread`, the same colours)."""
+    that share each chunk: `init.spread`, the same colours to float rounding)."""
     devices = spread.check_devices(devices)
     xy = np.asarray(xy, np.float32).reshape(-1, 2)
     scale = np.asarray(scale, np.float32).reshape(-1)

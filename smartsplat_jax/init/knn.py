@@ -49,7 +49,7 @@ def knn_scales(xy: np.ndarray, query_index: np.ndarray, height: int, width: int,
       k: K, self included.
       chunk: queries per jitted call.
       devices: None (one device) or several jax devices that share each call's queries
-        (`init.spread`; the same scales).
+        (`init.spread`; the same scales to float rounding).
 
     Returns:
       [Q] float32 scales in pixels.

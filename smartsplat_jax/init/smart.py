@@ -74,7 +74,8 @@ def smart_init(key: jax.Array, image, num_gaussians: int, *, lambda_g: float = L
       batch_pixels: tiles per batch and device = batch_pixels // T^2 (memory bound).
       devices: None (one device) or a sequence of jax devices (e.g. `jax.devices()[:4]`)
         that share the tiles of the variational sampling, the neighbour queries and the
-        colours (`init.spread`): the same Gaussians, bit for bit, in less time.
+        colours (`init.spread`): the same Gaussians (positions bit-equal, scales and
+        colours to float rounding) in less time.
 
     Returns:
       params: GaussianParams with exactly N rows: variational points first, then uniform.
