@@ -154,8 +154,9 @@ def _block_sums(params: P.GaussianParams, target: jax.Array, height: int, width:
     diff = jnp.where(own, (rendered - t)[HALO:HALO + rows, HALO:HALO + cols], 0.0)
     ssim_sum = jnp.zeros((), rendered.dtype)
     if with_ssim:
-        ssim_map, _ = filters.ssim_maps_valid(rendered, t)  # [rows, cols, 3]: own pixels
-        ssim_sum = jnp.sum(jnp.where(own, ssim_map, 0.0))
+        # the 'valid' maps are [rows, cols, 3]: the block's own pixels; hand-written backward
+        ssim_sum = filters.weighted_ssim_to_target(
+            rendered, t, jnp.broadcast_to(own, (rows, cols, 3)).astype(rendered.dtype), 0)
     return jnp.sum(jnp.abs(diff)), jnp.sum(diff * diff), ssim_sum
 
 
