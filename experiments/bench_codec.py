@@ -28,7 +28,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments.common import gaussians_value, interruptible, launcher_inputs
+from experiments.common import gaussians_value, interruptible, launcher_inputs, resize_image
 
 _IMAGES = flags.DEFINE_string("images", None, "A folder, or a glob of image files.")
 _CRS = flags.DEFINE_list("crs", ["20", "50", "100", "200", "500"], "Compression ratios.")
@@ -53,9 +53,6 @@ COLUMNS = ("image", "size", "cr", "steps", "num_gaussians", "file_bytes", "budge
 
 def _working_image(path: str, out: Path) -> str:
     """The image the cell compresses: the file itself, or a downscaled PNG copy (8-bit)."""
-    import numpy as np
-    from PIL import Image
-
     from smartsplat_jax import load_image, save_image
 
     if not _MAX_SIDE.value:
@@ -67,10 +64,8 @@ def _working_image(path: str, out: Path) -> str:
     dst = out / "images" / (Path(path).stem + f"_{_MAX_SIDE.value}.png")
     if not dst.exists():
         s = _MAX_SIDE.value / max(h, w)
-        im = Image.fromarray(np.clip(np.round(img * 255), 0, 255).astype(np.uint8))
-        im = im.resize((round(w * s), round(h * s)), Image.LANCZOS)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        save_image(dst, np.asarray(im, np.float32) / 255.0)
+        save_image(dst, resize_image(img, round(w * s), round(h * s)))
     return str(dst)
 
 

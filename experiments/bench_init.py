@@ -1,6 +1,7 @@
 """Benchmark SmartSplat's initialization: time per stage, compile time, memory, init PSNR.
 
   python -m experiments.bench_init --images='../shared/data/hires/*.png' --crs=50,200
+  python -m experiments.bench_init --size=16384x16384 --crs=50      # the demo photo resized
 
 Each (image, CR) runs in its own subprocess so its peak resident memory is its own. The
 first call (which compiles) and the median of the next `repeats` calls are reported
@@ -21,25 +22,46 @@ import time
 
 from absl import app, flags
 
-from experiments.common import interruptible, write_json
+from experiments.common import interruptible, resize_image, write_json
 
 _IMAGES = flags.DEFINE_string("images", "", "Glob of image files (default: the demo image).")
 _CRS = flags.DEFINE_list("crs", ["50", "200"], "Compression ratios.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls after the first.")
 _OUT = flags.DEFINE_string("out", "results/bench_init.json", "JSON output path.")
+_SIZE = flags.DEFINE_string("size", "", "WIDTHxHEIGHT: resize every image to this first "
+                            "(Lanczos, up or down; '' keeps its size).")
 _CHILD = flags.DEFINE_string("child", "", "Internal: 'path@cr' to run in this process.")
+
+
+def _parse_size(v: str) -> tuple[int, int] | None:
+    """--size 'WxH' -> (W, H); '' -> None; exits with a one-line error otherwise."""
+    if not v:
+        return None
+    parts = v.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and 1 <= int(p) <= 65_536 for p in parts):
+        sys.exit(f"error: --size={v!r} must be WIDTHxHEIGHT with sides in [1, 65536]")
+    return int(parts[0]), int(parts[1])
+
+
+def _load(path: str):
+    """The image at `path`, resized to --size when given: [H, W, 3] float32 in [0, 1]."""
+    from smartsplat_jax import load_image
+
+    image = load_image(path)
+    size = _parse_size(_SIZE.value)
+    return image if size is None else resize_image(image, *size)
 
 
 def _child(spec: str) -> dict:
     import jax
     import numpy as np
 
-    from smartsplat_jax import load_image, metrics, num_gaussians
+    from smartsplat_jax import metrics, num_gaussians
     from smartsplat_jax.init import random_init, smart_init
     from smartsplat_jax.render import render
 
     path, cr = spec.rsplit("@", 1)
-    image = load_image(path)
+    image = _load(path)
     h, w = image.shape[:2]
     n = num_gaussians(h, w, float(cr))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -76,11 +98,13 @@ def main(argv):
     else:
         from smartsplat_jax import DEMO_IMAGE
         paths = [str(DEMO_IMAGE)]
+    _parse_size(_SIZE.value)
     rows = []
     for path in paths:
         for cr in _CRS.value:
             out = subprocess.run([sys.executable, "-m", "experiments.bench_init",
-                                  f"--child={path}@{cr}", f"--repeats={_REPEATS.value}"],
+                                  f"--child={path}@{cr}", f"--repeats={_REPEATS.value}",
+                                  f"--size={_SIZE.value}"],
                                  capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 sys.exit(f"error: {path} at CR {cr} failed:\n{out.stderr[-2000:]}")

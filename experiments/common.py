@@ -29,6 +29,19 @@ def image_files(spec: str) -> list[str]:
     return sorted(glob.glob(spec))
 
 
+def resize_image(image, width: int, height: int):
+    """[H, W, C] float image in [0, 1] resized to [height, width, C] (Lanczos per channel, in
+    float, clipped to [0, 1]); the image itself when it already has that size."""
+    import numpy as np
+    from PIL import Image
+
+    if image.shape[:2] == (height, width):
+        return image
+    chans = [Image.fromarray(np.asarray(image[..., c], np.float32), mode="F")
+             .resize((width, height), Image.LANCZOS) for c in range(image.shape[2])]
+    return np.clip(np.stack([np.asarray(c) for c in chans], -1), 0.0, 1.0)
+
+
 def gaussians_value(v: str):
     """A --gaussians flag value: "paper", "auto" or an integer N."""
     return int(v) if v.isdigit() else v

@@ -63,6 +63,63 @@ def test_bench_init_writes_rows(tmp_path):
     assert row["psnr_smart_init"] > 0
 
 
+def test_bench_init_resizes_to_size(tmp_path):
+    img = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), np.uint8)).save(img)
+    out = _run(["experiments.bench_init", f"--images={img}", "--crs=10", "--repeats=0",
+                "--size=72x30", f"--out={tmp_path / 'i.json'}"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "i.json").read_text())
+    assert (row["width"], row["height"], row["n"]) == (72, 30, (3 * 72 * 30) // 70)
+    bad = _run(["experiments.bench_init", f"--images={img}", "--size=72by30"])
+    assert bad.returncode != 0 and "--size='72by30' must be WIDTHxHEIGHT" in bad.stderr
+
+
+def test_resize_image_keeps_range_and_constant_images():
+    from experiments.common import resize_image
+
+    flat = np.full((20, 30, 3), 0.25, np.float32)
+    up = resize_image(flat, 61, 41)
+    assert up.shape == (41, 61, 3)
+    np.testing.assert_allclose(up, 0.25, atol=1e-6)
+    noisy = np.random.default_rng(1).random((20, 30, 3)).astype(np.float32)
+    r = resize_image(noisy, 61, 41)
+    assert r.min() >= 0.0 and r.max() <= 1.0
+    assert resize_image(noisy, 30, 20) is noisy
+
+
+def test_bench_suite_records_failures_timeouts_and_the_budget(tmp_path):
+    from experiments.bench_suite import Part, run_suite
+
+    parts = [Part("ok", ("-c", "import json, sys; json.dump([dict(a=1)], open(sys.argv[1], 'w'))",
+                         "{out}/{name}.json"), 60, "writes a row"),
+             Part("fail", ("-c", "import sys; print('| x |'); sys.exit(3)"), 60, "exits 3"),
+             Part("slow", ("-c", "import time; time.sleep(120)"), 60, "sleeps"),
+             Part("late", ("-c", "pass"), 60, "starts after the budget")]
+    rows = run_suite(parts, tmp_path, budget_s=15.0, min_part_s=5.0)
+    status = {r["part"]: r["status"] for r in rows}
+    assert status["ok"] == "ok" and rows[0]["rows"] == [{"a": 1}]
+    assert status["fail"] == "failed (exit 3)"
+    # the slow part gets what is left of the budget, not its own 60 s
+    assert status["slow"].startswith("timed out after") and rows[2]["wall_s"] < 15
+    assert status["late"].startswith("skipped:")
+    assert (tmp_path / "fail.log").read_text() == "| x |\n"
+    assert (tmp_path / "inputs" / "demo_2048x1365.png").exists()
+
+
+def test_bench_suite_smoke_profile(tmp_path):
+    out = _run(["experiments.bench_suite", "--profile=smoke", f"--out_dir={tmp_path}"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    suite = json.loads((tmp_path / "suite.json").read_text())
+    assert [p["status"] for p in suite["parts"]] == ["ok", "ok"]
+    env, render = suite["parts"]
+    assert env["rows"][0]["platform"] == "cpu" and env["rows"][0]["auto_train"] == "xla"
+    assert render["rows"][0]["width"] == 48 and render["rows"][0]["step_ms"] > 0
+    assert "| part | status | wall s | what |" in out.stdout
+    bad = _run(["experiments.bench_suite", "--profile=gpu", "--only=nope"])
+    assert bad.returncode != 0 and "no such part in profile 'gpu'" in bad.stderr
+
+
 def test_bench_codec_writes_rows_and_plots(tmp_path):
     from smartsplat_jax import DEMO_IMAGE, load_image, save_image
 
