@@ -20,7 +20,7 @@ Robustness (nothing a long run meets stops it without a result):
     file). This is why a chunk does not donate its input parameters and optimizer state
     (`donate_argnums`): they are the rollback point. Keeping them costs 108 B per Gaussian
     (9 float32 parameters and Adam's two moments; 180 B with Adan's four), against about
-    240 B per pixel of the loss's and rasterizer's temporaries (`train.sharded`'s measured
+    180 B per pixel of the loss's and rasterizer's temporaries (`train.sharded`'s measured
     formula): at the paper's N and CR >= 20, under 2 % of the step's memory.
   * With a workdir: checkpoints every `checkpoint_every` steps hold the whole state
     (parameters, optimizer state, step, history; training draws no random numbers) and a

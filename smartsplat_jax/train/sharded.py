@@ -25,22 +25,22 @@ image, lambda_l1)`, and to its gradients, up to float rounding:
 Memory per device: the parameters and their projection (O(N)), plus one block of
 (rows + 10) x (cols + 10) pixels: the render, the target, SSIM's statistics and the
 rasterizer's tile accumulators. XLA's temporary buffers for the loss and its gradients
-measured 224-240 bytes per block pixel (512 x 512 and 1024 x 512 images, 1 to 4 CPU devices,
-bands and 2 x 2 blocks, CR 20 and 50) plus about 108 bytes per Gaussian (512 x 512 at CR 20,
-4 and 2: 58.6, 60.8 and 63.8 MiB for N = 5,617, 28,086 and 56,173). With the parameters,
-their gradients and Adam's two moments (9 floats each: 144 B per Gaussian) and the target
-block (12 B per pixel), a device holds about
+measured 156-177 bytes per block pixel (512 x 512 and 1024 x 512 images, 1 to 4 CPU devices,
+bands and 2 x 2 blocks, CR 20 and 50; the SSIM backward is `filters.weighted_ssim_to_target`'s)
+plus about 104 bytes per Gaussian (512 x 512 at CR 20, 4 and 2: 40.9, 43.2 and 45.9 MiB for
+N = 5,617, 28,086 and 56,173). With the parameters, their gradients and Adam's two moments
+(9 floats each: 144 B per Gaussian) and the target block (12 B per pixel), a device holds
+about
 
-    240 B x (rows + 10) x (cols + 10)  +  252 B x N.
+    180 B x (rows + 10) x (cols + 10)  +  250 B x N.
 
 A 32768 x 32768 image at CR 50 (N = 9,203,501) on a 4 x 2 mesh of 8 devices: blocks of
-8192 x 16384 pixels, 240 B x 134.5 M + 252 B x 9.2 M = 32.3 GB + 2.3 GB, about 35 GB per
+8192 x 16384 pixels, 180 B x 134.5 M + 250 B x 9.2 M = 24.2 GB + 2.3 GB, about 27 GB per
 device, within an 80 GB GPU (by this formula; not run at that size). The initialization is
 shared by the same devices (`init.spread`; the image replicated on each: 12.9 GB at 32K).
 
 Limits: the halo pixels are rendered twice (by both neighbours), a cost of about
-10 / rows + 10 / cols of the render; the SSIM gradient is autodiff's, not the hand-written
-one of `losses`.
+10 / rows + 10 / cols of the render.
 """
 
 from __future__ import annotations
