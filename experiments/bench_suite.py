@@ -147,7 +147,8 @@ def prepare_inputs(inputs: Path) -> dict[str, str]:
 def run_part(part: Part, out: Path, values: dict[str, str], timeout_s: float) -> dict:
     """Runs one part (its own process group, killed whole at the limit); its summary row."""
     argv = [sys.executable] + [a.format(out=out, name=part.name, **values) for a in part.args]
-    log = out / f"{part.name}.log"
+    log, result = out / f"{part.name}.log", out / f"{part.name}.json"
+    result.unlink(missing_ok=True)  # a row from an earlier run is not this run's
     t0 = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, text=True,
@@ -160,8 +161,10 @@ def run_part(part: Part, out: Path, values: dict[str, str], timeout_s: float) ->
             proc.wait()
             status = f"timed out after {timeout_s:.0f} s"
     wall = time.perf_counter() - t0
-    result = out / f"{part.name}.json"
-    rows = json.loads(result.read_text()) if result.exists() else None
+    try:
+        rows = json.loads(result.read_text())
+    except (OSError, ValueError):  # not written (failed, timed out) or not JSON
+        rows = None
     return {"part": part.name, "what": part.what, "status": status, "wall_s": wall,
             "command": " ".join(argv[1:]), "log": str(log), "rows": rows}
 

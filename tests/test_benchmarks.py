@@ -96,10 +96,11 @@ def test_bench_suite_records_failures_timeouts_and_the_budget(tmp_path):
              Part("fail", ("-c", "import sys; print('| x |'); sys.exit(3)"), 60, "exits 3"),
              Part("slow", ("-c", "import time; time.sleep(120)"), 60, "sleeps"),
              Part("late", ("-c", "pass"), 60, "starts after the budget")]
+    (tmp_path / "fail.json").write_text("[1]")  # an earlier run's row: not this run's
     rows = run_suite(parts, tmp_path, budget_s=15.0, min_part_s=5.0)
     status = {r["part"]: r["status"] for r in rows}
     assert status["ok"] == "ok" and rows[0]["rows"] == [{"a": 1}]
-    assert status["fail"] == "failed (exit 3)"
+    assert status["fail"] == "failed (exit 3)" and rows[1]["rows"] is None
     # the slow part gets what is left of the budget, not its own 60 s
     assert status["slow"].startswith("timed out after") and rows[2]["wall_s"] < 15
     assert status["late"].startswith("skipped:")
