@@ -65,6 +65,8 @@ class Part:
 
 
 _RENDER = ("-m", "experiments.bench_render", "--out={out}/{name}.json")
+_DECODE = ("-m", "experiments.bench_decode", "--image={inputs}/demo_2048x1365.png", "--cr=50",
+           "--steps=100", "--out={out}/{name}.json")
 _GPU = (
     Part("env", ("-m", "experiments.bench_suite", "--env={out}/{name}.json"), 120,
          "device, platform, versions and the backend `auto` picks (with its probe)"),
@@ -74,8 +76,7 @@ _GPU = (
     Part("render_16k", (*_RENDER, "--sizes=16384x16384@200", "--backends=pallas",
                         "--repeats=3", "--scan_steps=5"), 180,
          "training-step breakdown at 16384^2 CR 200 (N = 575,218), pallas"),
-    Part("decode", ("-m", "experiments.bench_decode", "--image={inputs}/demo_2048x1365.png",
-                    "--cr=50", "--steps=100", "--out={out}/{name}.json"), 150,
+    Part("decode", (*_DECODE, "--repeats=2"), 150,
          "`smartsplat decompress` of a 2048x1365 file: cold, warm, no cache"),
     Part("init_16k", ("-m", "experiments.bench_init", "--size=16384x16384", "--crs=50",
                       "--repeats=2", "--out={out}/{name}.json"), 150,
@@ -97,7 +98,7 @@ _CPU = (
          "the quick start's scene after 1,000 steps: training-step breakdown"),
     Part("render", (*_RENDER, "--sizes=768x512@20,2048x1365@50", "--backends=xla",
                     "--repeats=5"), 600, "synthetic scenes: training-step breakdown"),
-    Part("decode", _GPU[3].args, 400, _GPU[3].what),
+    Part("decode", (*_DECODE, "--repeats=3"), 400, _GPU[3].what),
     Part("init", _GPU[5].args, 200, _GPU[5].what),
     Part("qat", ("-m", "experiments.bench_qat", "--sizes=256x256@50", "--backend=xla",
                  "--out={out}/{name}.json"), 300,
