@@ -173,7 +173,8 @@ def run_part(part: Part, out: Path, values: dict[str, str], timeout_s: float) ->
 def _tables(log: str) -> list[str]:
     """The markdown table lines a part printed."""
     try:
-        return [line.rstrip() for line in open(log) if line.startswith("|")]
+        with open(log) as f:
+            return [line.rstrip() for line in f if line.startswith("|")]
     except OSError:
         return []
 
