@@ -294,6 +294,19 @@ def test_deterministic_and_key_dependent():
     assert not np.array_equal(a.means, c.means)
 
 
+def test_smart_init_runs_with_float64_enabled():
+    # Researchers check gradients in float64; the tile slices once mixed int32 origins with
+    # an int64 literal there ("lax.concatenate requires arguments to have the same dtypes").
+    from helpers import enable_x64
+
+    img = np.random.default_rng(1).random((40, 50, 3)).astype(np.float32)
+    with enable_x64():
+        p, _ = smart_init(jax.random.PRNGKey(7), img, 100)
+        assert p.means.shape == (100, 2)
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(p))
+        assert float(jnp.max(jnp.abs(p.means))) <= 1.0
+
+
 def test_bad_inputs():
     img = np.zeros((10, 10, 3), np.float32)
     with pytest.raises(ValueError, match=r"num_gaussians=101 must be in \[1, H\*W\]"):

@@ -57,7 +57,8 @@ def _sample_batch(keys, origins, image, tile_h: int, tile_w: int, k: int, lambda
     """
 
     def one(key, origin):
-        tile = jax.lax.dynamic_slice(image, (origin[0], origin[1], 0), (tile_h, tile_w, 3))
+        tile = jax.lax.dynamic_slice(image, (origin[0], origin[1], origin[0] * 0),
+                                     (tile_h, tile_w, 3))
         wmap = features.weights(tile, lambda_m).reshape(-1)
         idx = draw_without_replacement(key, wmap, k)
         ys, xs = jnp.divmod(idx, tile_w)
@@ -124,7 +125,7 @@ def sample_variational(key: jax.Array, image: jax.Array, layout: TileLayout,
 @functools.partial(jax.jit, static_argnames=("tile_h", "tile_w", "lambda_m"))
 def _weights_batch(origins, image, tile_h: int, tile_w: int, lambda_m: float):
     one = lambda o: features.weights(
-        jax.lax.dynamic_slice(image, (o[0], o[1], 0), (tile_h, tile_w, 3)), lambda_m)
+        jax.lax.dynamic_slice(image, (o[0], o[1], o[0] * 0), (tile_h, tile_w, 3)), lambda_m)
     return jax.vmap(one)(origins)
 
 
