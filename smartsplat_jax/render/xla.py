@@ -55,7 +55,8 @@ import jax.numpy as jnp
 
 from smartsplat_jax import params as P
 
-__all__ = ["DEFAULT_TILE", "default_chunk", "Projection", "project", "render_xla", "pair_count"]
+__all__ = ["DEFAULT_TILE", "default_chunk", "Projection", "Window", "project", "render_xla",
+           "pair_count"]
 
 ALPHA_MIN = 1.0 / 255.0
 NUM_FEATURES = 10  # x, y, whitening m00, m01, m10, m11, r, g, b, opacity
@@ -102,11 +103,40 @@ class Projection(NamedTuple):
     wx: jax.Array
     counts: jax.Array
 
+class Window(NamedTuple):
+    """A height x width window of a larger image_height x image_width image, its first pixel
+    at row `top`, column `left` of the image (Python ints or traced int32 scalars; the
+    window may reach beyond the image's edges).
+
+    Rendering a window draws exactly the pixels the whole image would have there: the
+    Gaussians stay in the image's pixel frame (their means normalized to the image), the
+    window's pixel centres are the image's integer coordinates, so every pixel offset
+    mu - p, every alpha and every threshold decision is the whole render's, bit for bit.
+    Shifting the means into the window's frame instead re-rounds them (by up to 6e-5 px at
+    1024 px) and flips alpha >= 1/255 decisions at a few pixels, which changed some
+    Gaussians' float32 gradients by 10 %.
+    """
+    image_height: int
+    image_width: int
+    top: object = 0
+    left: object = 0
+
+    def offset(self) -> jax.Array:
+        """[2] int32 (x, y) image coordinates of the window's first pixel."""
+        return jnp.stack([jnp.asarray(self.left, jnp.int32), jnp.asarray(self.top, jnp.int32)])
+
+
 def project(params: P.GaussianParams, height: int, width: int,
-            tile: int = DEFAULT_TILE) -> Projection:
+            tile: int = DEFAULT_TILE, window: Window | None = None) -> Projection:
     """Projects raw parameters (`GaussianParams`, or `CholeskyParams` whose whitening is
-    L^-1 directly) to rasterizer features and tile ranges (see module docstring)."""
-    mu = P.normalized_to_pixel(params.means, height, width)  # [N, 2] pixels
+    L^-1 directly) to rasterizer features and tile ranges (see module docstring).
+
+    With a `window`, the means are normalized to the window's image and the features hold
+    image pixel coordinates; the tile ranges are those of the height x width window."""
+    if window is None:
+        mu = P.normalized_to_pixel(params.means, height, width)  # [N, 2] pixels
+    else:
+        mu = P.normalized_to_pixel(params.means, window.image_height, window.image_width)
     opacity = params.opacity[:, 0]
     valid = (opacity > ALPHA_MIN) & jnp.isfinite(opacity) & jnp.all(jnp.isfinite(mu), -1)
     valid &= jnp.all(jnp.isfinite(params.colors), -1)
@@ -137,8 +167,11 @@ def project(params: P.GaussianParams, height: int, width: int,
     feats = jnp.concatenate([mu, whiten, params.colors, opacity[:, None]], axis=-1)
     feats = jnp.where(valid[:, None], feats, 0.0)
 
-    # Integer tile ranges (not differentiated).
+    # Integer tile ranges (not differentiated), in the rendered frame (a window's shift
+    # rounds by far less than the box's absolute margin).
     mu_c = jax.lax.stop_gradient(mu)
+    if window is not None:
+        mu_c = mu_c - window.offset().astype(mu_c.dtype)
     tau = 2.0 * jnp.log(jnp.maximum(255.0 * jax.lax.stop_gradient(opacity), 1.0))
     ex = jnp.sqrt(tau * var_x) * (1.0 + _BOX_REL) + _BOX_ABS
     ey = jnp.sqrt(tau * var_y) * (1.0 + _BOX_REL) + _BOX_ABS
@@ -244,16 +277,21 @@ def _pair_contrib_vjp(f: jax.Array, origin: jax.Array, cot: jax.Array, tile: int
                        *(cot[:, :, c] * alpha for c in range(3)), d_v * e], axis=1)
     return jnp.sum(terms, axis=2)  # [chunk, 10]
 
-def _tile_origins(tid: jax.Array, tiles_x: int, tile: int, dtype) -> jax.Array:
+def _tile_origins(tid: jax.Array, tiles_x: int, tile: int, dtype,
+                  offset: jax.Array | None = None) -> jax.Array:
+    """[..., 2] pixel coordinates (x, y) of the tiles' first pixels, shifted by `offset`
+    ([2] int32, a window's first pixel; None: 0). Integers, so exact in float."""
     ty, tx = jnp.divmod(tid, tiles_x)
-    return jnp.stack([tx * tile, ty * tile], -1).astype(dtype)
+    xy = jnp.stack([tx * tile, ty * tile], -1)
+    return (xy if offset is None else xy + offset).astype(dtype)
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
-def _rasterize(feats, tx0, ty0, wx, counts, height, width, tile, chunk, sort_pairs):
-    return _rasterize_fwd(feats, tx0, ty0, wx, counts, height, width, tile, chunk,
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
+def _rasterize(feats, tx0, ty0, wx, counts, offset, height, width, tile, chunk, sort_pairs):
+    return _rasterize_fwd(feats, tx0, ty0, wx, counts, offset, height, width, tile, chunk,
                           sort_pairs)[0]
 
-def _rasterize_fwd(feats, tx0, ty0, wx, counts, height, width, tile, chunk, sort_pairs):
+def _rasterize_fwd(feats, tx0, ty0, wx, counts, offset, height, width, tile, chunk,
+                   sort_pairs):
     proj = Projection(feats, tx0, ty0, wx, counts)
     tiles_y, tiles_x = _grid(height, width, tile)
     num_tiles = tiles_y * tiles_x
@@ -265,18 +303,19 @@ def _rasterize_fwd(feats, tx0, ty0, wx, counts, height, width, tile, chunk, sort
         gid, tid, ok = _enumerate_chunk(proj, ends, i * chunk, total, chunk, tiles_x, num_tiles)
         if sort_pairs:
             tid, gid = jax.lax.sort((tid, gid), num_keys=1)
-        contrib = _pair_contrib(feats[gid], _tile_origins(tid, tiles_x, tile, feats.dtype), tile)
+        origin = _tile_origins(tid, tiles_x, tile, feats.dtype, offset)
+        contrib = _pair_contrib(feats[gid], origin, tile)
         return acc.at[tid].add(contrib, mode="drop", indices_are_sorted=sort_pairs)
 
     acc = jnp.zeros((num_tiles, tile * tile, 3), feats.dtype)
     acc = jax.lax.fori_loop(0, num_chunks, body, acc)
     img = acc.reshape(tiles_y, tiles_x, tile, tile, 3).transpose(0, 2, 1, 3, 4)
     img = img.reshape(tiles_y * tile, tiles_x * tile, 3)[:height, :width]
-    return img, (feats, tx0, ty0, wx, counts)
+    return img, (feats, tx0, ty0, wx, counts, offset)
 
 def _rasterize_bwd(height, width, tile, chunk, sort_pairs, res, g_img):
     del sort_pairs
-    feats, tx0, ty0, wx, counts = res
+    feats, tx0, ty0, wx, counts, offset = res
     proj = Projection(feats, tx0, ty0, wx, counts)
     tiles_y, tiles_x = _grid(height, width, tile)
     num_tiles = tiles_y * tiles_x
@@ -291,23 +330,25 @@ def _rasterize_bwd(height, width, tile, chunk, sort_pairs, res, g_img):
     def body(i, grad):
         gid, tid, ok = _enumerate_chunk(proj, ends, i * chunk, total, chunk, tiles_x, num_tiles)
         cot = jnp.where(ok[:, None, None], g[jnp.minimum(tid, num_tiles - 1)], 0.0)
-        origin = _tile_origins(tid, tiles_x, tile, feats.dtype)
+        origin = _tile_origins(tid, tiles_x, tile, feats.dtype, offset)
         df = _pair_contrib_vjp(feats[gid], origin, cot, tile)
         return grad + jax.ops.segment_sum(df, gid, num_segments=n, indices_are_sorted=True)
 
     grad = jax.lax.fori_loop(0, num_chunks, body, jnp.zeros_like(feats))
-    return grad, None, None, None, None
+    return grad, None, None, None, None, None
 
 _rasterize.defvjp(_rasterize_fwd, _rasterize_bwd)
 
 def render_xla(params: P.GaussianParams, height: int, width: int, *, tile: int = DEFAULT_TILE,
                chunk: int | None = None, sort_pairs: bool = False,
-               clamp: bool = True) -> jax.Array:
+               clamp: bool = True, window: Window | None = None) -> jax.Array:
     """Renders [H, W, 3] with the tiled XLA rasterizer (see module docstring).
 
     Args:
       params: raw Gaussian parameters, N rows.
       height, width: output size in pixels (static).
+      window: None, the whole image; or a `Window` of a larger image (its size static, its
+        position may be traced): the height x width pixels of that image's render there.
       tile: tile side in pixels (static).
       chunk: pairs evaluated per loop iteration (static); bounds the memory, never the count.
         None: `default_chunk()`.
@@ -320,9 +361,10 @@ def render_xla(params: P.GaussianParams, height: int, width: int, *, tile: int =
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"{name}={v!r} must be a positive integer")
     chunk = default_chunk() if chunk is None else chunk
-    proj = project(params, height, width, tile)
-    img = _rasterize(proj.feats, proj.tx0, proj.ty0, proj.wx, proj.counts, height, width,
-                     tile, chunk, sort_pairs)
+    proj = project(params, height, width, tile, window)
+    offset = jnp.zeros((2,), jnp.int32) if window is None else window.offset()
+    img = _rasterize(proj.feats, proj.tx0, proj.ty0, proj.wx, proj.counts, offset, height,
+                     width, tile, chunk, sort_pairs)
     return jnp.clip(img, 0.0, 1.0) if clamp else img
 
 @functools.partial(jax.jit, static_argnames=("height", "width", "tile"))

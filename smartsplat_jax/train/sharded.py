@@ -11,13 +11,16 @@ image, lambda_l1)`, and to its gradients, up to float rounding:
   * An R x C mesh cuts the image into R x C blocks of rows = ceil(H / R) by
     cols = ceil(W / C) pixels. The device at (i, j) owns rows [i rows, (i + 1) rows) and
     columns [j cols, (j + 1) cols), and renders them with a halo of `filters.HALF` = 5 pixels
-    on every side (the SSIM window's reach): the Gaussians, replicated on every device, are
-    shifted into the block's frame and the xla rasterizer culls those that miss it, so a
-    device draws only its block's pairs. A D x 1 mesh (`band_mesh`) gives bands of rows.
+    on every side (the SSIM window's reach): the Gaussians are replicated on every device
+    and the xla rasterizer culls those that miss the block, so a device draws only its
+    block's pairs. A D x 1 mesh (`band_mesh`) gives bands of rows.
   * Pixels outside the image (the halo beyond its edges, and the padding when R or C does not
     divide H or W) are zero in the render and the target: exactly the zero padding of the
     'same' SSIM. The SSIM map of a block's own pixels, computed 'valid' over the block and
     its halo, is then the global map's.
+  * Each block renders its window of the image (`render.xla.Window`): the Gaussians stay in
+    the image's pixel frame, so every alpha of a block is the single device's bit for bit
+    and only the order of the sums differs.
   * Each device sums |render - target| and the SSIM map over its own pixels inside the
     image; `psum` over both mesh axes adds the blocks. Gradients flow back through the
     shard_map to the replicated parameters (their cotangents are summed over the devices).
@@ -55,7 +58,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from smartsplat_jax import filters
 from smartsplat_jax import params as P
-from smartsplat_jax.render.xla import render_xla
+from smartsplat_jax.render.xla import Window, render_xla
 
 __all__ = ["AXES", "block_mesh", "band_mesh", "block_size", "band_rows", "shard_target",
            "sharded_loss", "mesh_shape"]
@@ -141,10 +144,8 @@ def _block_sums(params: P.GaussianParams, target: jax.Array, height: int, width:
     top = jax.lax.axis_index(AXES[0]) * rows - HALO  # image row of the block's first row
     left = jax.lax.axis_index(AXES[1]) * cols - HALO  # image column of its first column
     hb, wb = rows + 2 * HALO, cols + 2 * HALO
-    pix = P.normalized_to_pixel(params.means, height, width)
-    pix = pix - jnp.stack([left, top]).astype(pix.dtype)
-    shifted = params.replace(means=P.pixel_to_normalized(pix, hb, wb))
-    rendered = render_xla(shifted, hb, wb)
+    # the block's window of the image's render: the same pixel offsets, bit for bit
+    rendered = render_xla(params, hb, wb, window=Window(height, width, top, left))
     image_row, image_col = top + jnp.arange(hb), left + jnp.arange(wb)
     inside = (((image_row >= 0) & (image_row < height))[:, None, None]
               & ((image_col >= 0) & (image_col < width))[None, :, None])
