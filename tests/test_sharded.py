@@ -111,10 +111,12 @@ def test_bands_over_four_devices_equal_one_device():
     for key, devices in (("fit_(2, 2)", [2, 2]),):
         many = out[key]
         assert many["devices"] == devices
-        # float32 training: the same run up to rounding (Adam amplifies it a little per step).
+        # float32 training: the same run up to rounding (Adam amplifies it a little per step;
+        # measured 3.7e-5 relative and 0.002 dB after 30 steps; 2.7e-4 when the blocks shifted
+        # the means into their own frame)
         for a, b in zip(one["loss"], many["loss"]):
-            assert abs(a - b) <= 1e-3 * abs(a), (key, one["loss"], many["loss"])
-        assert abs(one["psnr"] - many["psnr"]) < 0.05, (key, one["psnr"], many["psnr"])
+            assert abs(a - b) <= 1.5e-4 * abs(a), (key, one["loss"], many["loss"])
+        assert abs(one["psnr"] - many["psnr"]) < 0.02, (key, one["psnr"], many["psnr"])
     init = out["init"]  # the same Gaussians: positions exactly, scales and colours to rounding
     assert init["devices"] == [1, 4] and init["tiles"] > 4 and init["means_equal"], init
     assert init["scales_rel"] < 1e-6 and init["colors_rel"] < 1e-6, init
