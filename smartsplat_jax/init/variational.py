@@ -57,7 +57,7 @@ def _sample_batch(keys, origins, image, tile_h: int, tile_w: int, k: int, lambda
     """
 
     def one(key, origin):
-        tile = jax.lax.dynamic_slice(image, (origin[0], origin[1], origin[0] * 0),
+        tile = jax.lax.dynamic_slice(image, (origin[0], origin[1], jnp.zeros_like(origin[0])),
                                      (tile_h, tile_w, 3))
         wmap = features.weights(tile, lambda_m).reshape(-1)
         idx = draw_without_replacement(key, wmap, k)

@@ -133,10 +133,9 @@ def project(params: P.GaussianParams, height: int, width: int,
 
     With a `window`, the means are normalized to the window's image and the features hold
     image pixel coordinates; the tile ranges are those of the height x width window."""
-    if window is None:
-        mu = P.normalized_to_pixel(params.means, height, width)  # [N, 2] pixels
-    else:
-        mu = P.normalized_to_pixel(params.means, window.image_height, window.image_width)
+    image_h, image_w = (height, width) if window is None else (window.image_height,
+                                                               window.image_width)
+    mu = P.normalized_to_pixel(params.means, image_h, image_w)  # [N, 2] image pixels
     opacity = params.opacity[:, 0]
     valid = (opacity > ALPHA_MIN) & jnp.isfinite(opacity) & jnp.all(jnp.isfinite(mu), -1)
     valid &= jnp.all(jnp.isfinite(params.colors), -1)
