@@ -16,8 +16,9 @@ fixed pinhole camera and renders them with gsplat's 3DGS rasterizer. Here:
     on the diagonal. `project_init` does exactly this. So, as in the authors' runs, every
     Gaussian starts in the central seventh of the image (|X / Z'| <= 1/7) and must travel.
   * Compositing: front to back by depth Z' (`render.blend`: alpha = min(0.99, o exp(-sigma)),
-    early termination at transmittance 1e-4, black background -- the authors' is white, which
-    only matters where nothing covers the image).
+    early termination at transmittance 1e-4, over a white background, `render.blend.BACKGROUND`,
+    as the authors' `background = ones(3)`: it shows through wherever the transmittance left
+    behind every Gaussian is above 0).
   * Training (`config_for_method("3dgs")`): their Fusion2 loss, 0.7 L1 + 0.3 (1 - SSIM) (our
     SmartSplat loss with lambda_l1 = 0.7), their Adan (`train.optim.adan`) at 1e-3, halved
     every 20,000 steps (StepLR), 50,000 steps.
