@@ -17,7 +17,8 @@ sizes decide the rate: positions, log-scales (which also set the angle grid, see
 After quantization-aware training has put positions, scales and angles on their grid,
 `color_for_budget` picks the finest colour step that fits the budget exactly (colours train
 in float until then); `fit_budget` coarsens by single increments if nothing else fits.
-`BudgetQuantizer` packages both for `train.fit`.
+`BudgetQuantizer` packages both for `train.fit`, and its `round` picks the colours' codes on
+that grid (`codec.rounding`: compensated for alpha-blended sets, nearest otherwise).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import numpy as np
 
 from smartsplat_jax import params as P
 from smartsplat_jax.codec.format import encode
-from smartsplat_jax.codec.quantize import COLOR_BASIS, QUANT_LIMITS, QuantSpec, choose_spec
+from smartsplat_jax.codec.quantize import COLOR_BASIS, QUANT_LIMITS, QuantSpec, choose_spec, grid
+from smartsplat_jax.codec.rounding import compensated_round, nearest_round
 
 __all__ = ["byte_budget", "gaussians_for_budget", "Allocation", "allocate", "spec_at", "spec_for_budget",
            "fit_budget", "level_range", "color_for_budget", "BudgetQuantizer",
@@ -303,6 +305,11 @@ class BudgetQuantizer:
       budget: the byte budget (None: no limit, the allocation's level 0).
       backend: renderer of the allocation's probe renders.
       fill: the share of the budget the plan aims at.
+      compensate: `round` chooses the colour codes by compensated rounding
+        (`codec.rounding`): True always, False never (nearest codes), None (default) for
+        alpha-blended sets (3DGS), where nearest rounding costs most (measured at 20,000
+        steps: 1.12 dB for 3DGS, 0.09 dB for SmartSplat, of which compensation recovers
+        0.63 and 0.05 dB) and the extra compiled program is worth it.
     """
 
     height: int
@@ -310,6 +317,7 @@ class BudgetQuantizer:
     budget: int | None
     backend: str = "auto"
     fill: float = 0.99
+    compensate: bool | None = None
 
     def plan(self, params: P.GaussianParams) -> tuple[QuantSpec, dict]:
         t0 = time.perf_counter()
@@ -328,3 +336,29 @@ class BudgetQuantizer:
             final, data, _ = fit_budget(params, self.height, self.width, self.budget, final)
             size = len(data)
         return final, {"final_bytes": size, "finish_seconds": time.perf_counter() - t0}
+
+    def round(self, params: P.GaussianParams, spec: QuantSpec) -> tuple[P.GaussianParams, dict]:
+        """`params` on the grid of `spec` (after `finish`), the colours by compensated rounding
+        (`codec.rounding`) when `compensate` is set. Nearest rounding is kept instead when the
+        compensated colours' file would exceed the budget (their codes cost a few bytes more
+        than the ones `finish` measured) or would not render closer to the float colours."""
+        t0 = time.perf_counter()
+        g = grid(spec.check())
+        nearest = nearest_round(params, g, self.height, self.width)
+        compensate = params.blend if self.compensate is None else self.compensate
+        if not compensate or params.num == 0:
+            return nearest, {"rounding": "nearest"}
+        comp, errs = compensated_round(params, g, self.height, self.width)
+        size = len(encode(comp, self.height, self.width, spec=spec))
+        info = {"rounding_mse_nearest": errs["mse_nearest"],
+                "rounding_mse_compensated": errs["mse_compensated"], "compensated_bytes": size}
+        closer = errs["mse_compensated"] <= errs["mse_nearest"]
+        if closer and (self.budget is None or size <= self.budget):
+            choice = comp
+            info["rounding"] = "compensated"
+        else:
+            choice = nearest
+            info["rounding"] = "nearest (compensated: " + (
+                f"{size} bytes, over the budget" if closer else "not closer") + ")"
+        info["rounding_seconds"] = time.perf_counter() - t0
+        return choice, info

@@ -398,7 +398,8 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
     lost by rounding, 0.14 dB after the phase). So the positions are snapped at the start of
     the phase, the scales and angles half-way, and the colours, which keep training in float
     until the end, after the last step, on the grid the quantizer's `finish` picks (rate
-    control chooses their step there, for the exact byte budget). Every update in the phase
+    control chooses their step there, for the exact byte budget; `BudgetQuantizer.round`
+    then picks their codes for the render, `codec.rounding`). Every update in the phase
     is projected into the quantizer's range. The phase runs in the same compiled chunks as
     the rest of training (its schedule and grid are traced), with the optimizer state
     carried over.
@@ -415,7 +416,9 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
         `plan(params) -> (QuantSpec, info)`, called at the first step of the phase (chunks
         end there), and `finish(params, spec) -> (QuantSpec, info)`, called after the last step
         (it may change the colour grid only, or coarsen everything if nothing else fits), e.g.
-        `codec.rate.BudgetQuantizer`.
+        `codec.rate.BudgetQuantizer`; optionally `round(params, spec) -> (params, info)`, the
+        params on that grid (default: nearest codes; `BudgetQuantizer` compensates the
+        colours' rounding, `codec.rounding`).
       workdir: if given, checkpoints go to workdir/checkpoints.
       resume: True: continue from the newest readable checkpoint in workdir/checkpoints if
         it belongs to this run (`run_fingerprint`; a run stopped inside the phase keeps its
@@ -636,7 +639,11 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
             if step == config.steps and spec is not None:
                 # The colours' grid, for the exact budget, and every attribute on the file's grid.
                 spec, info = quantizer.finish(params, spec)
-                params = _snap_all(params, grid(spec.check()), h, w)
+                if hasattr(quantizer, "round"):
+                    params, rounding = quantizer.round(params, spec)
+                    info = {**dict(info), **dict(rounding)}
+                else:
+                    params = _snap_all(params, grid(spec.check()), h, w)
                 history["quant"] = spec.record()
                 history["quant_info"] = {**(history["quant_info"] or {}), **dict(info)}
             history["step"].append(step)
