@@ -344,10 +344,9 @@ class BudgetQuantizer:
         than the ones `finish` measured) or would not render closer to the float colours."""
         t0 = time.perf_counter()
         g = grid(spec.check())
-        nearest = nearest_round(params, g, self.height, self.width)
         compensate = params.blend if self.compensate is None else self.compensate
         if not compensate or params.num == 0:
-            return nearest, {"rounding": "nearest"}
+            return nearest_round(params, g, self.height, self.width), {"rounding": "nearest"}
         comp, errs = compensated_round(params, g, self.height, self.width)
         size = len(encode(comp, self.height, self.width, spec=spec))
         info = {"rounding_mse_nearest": errs["mse_nearest"],
@@ -357,7 +356,7 @@ class BudgetQuantizer:
             choice = comp
             info["rounding"] = "compensated"
         else:
-            choice = nearest
+            choice = nearest_round(params, g, self.height, self.width)
             info["rounding"] = "nearest (compensated: " + (
                 f"{size} bytes, over the budget" if closer else "not closer") + ")"
         info["rounding_seconds"] = time.perf_counter() - t0

@@ -102,37 +102,45 @@ def _run(params, qgrid, kinds, counts, key, height, width):
     def rounded(c):
         return fake_quantize(params.replace(colors=c), qgrid, height, width).colors
 
-    def step(carry, inp):
-        colors, free, x, r, d, rs, sens, offset, errs = carry
-        kind, count, k = inp
-        # A stage start folds the last stage's CG offset into the colours, then rounds the
-        # `count` most sensitive Gaussians (those already rounded stay where they are).
+    def stage_start(colors, free, x, sens, count):
+        # Fold the last stage's CG offset into the colours, then round the `count` most
+        # sensitive Gaussians (those already rounded stay where they are).
         folded = colors + free * x
         rank = jnp.argsort(jnp.argsort(-sens, stable=True), stable=True)
         fixed = (rank < count)[:, None]
-        start_colors = jnp.where(fixed, rounded(folded), folded)
-        start_free = (~fixed).astype(dtype)
-        z = jax.random.rademacher(k, target.shape, dtype)
-        v = jnp.select([kind == _OFFSET, kind == _ERROR_NEAREST, kind == _PROBE,
-                        kind == _STAGE, kind == _ERROR_FINAL],
-                       [jnp.zeros_like(target), rounded(target) - target, z,
-                        start_colors - target, rounded(folded) - target], free * d)
+        start = jnp.where(fixed, rounded(folded), folded)
+        return start - target, start, (~fixed).astype(dtype)
+
+    # Per kind of step: (the vector v the step renders, the colours, the free rows).
+    branches = [
+        lambda c, f, x, d, s, n, k: (jnp.zeros_like(c), c, f),  # _OFFSET
+        lambda c, f, x, d, s, n, k: (rounded(target) - target, c, f),  # _ERROR_NEAREST
+        lambda c, f, x, d, s, n, k: (jax.random.rademacher(k, c.shape, dtype), c, f),  # _PROBE
+        lambda c, f, x, d, s, n, k: stage_start(c, f, x, s, n),  # _STAGE
+        lambda c, f, x, d, s, n, k: (f * d, c, f),  # _CG
+        lambda c, f, x, d, s, n, k: (rounded(c + f * x) - target, c, f),  # _ERROR_FINAL
+    ]
+
+    def step(carry, inp):
+        colors, free, x, r, d, rs, sens, offset, errs = carry
+        kind, count, k = inp
+        v, colors, free = jax.lax.switch(kind, branches, colors, free, x, d, sens, count, k)
         gv, out = _normal(params, v, offset, height, width)
         err = jnp.mean(jnp.square(out - offset))
-        # CG on the free rows: min ||W (colors + free x - target)||^2 over x.
-        gv_free = start_free * gv
-        r0 = -gv_free
-        alpha = jnp.where(rs > 0, rs / jnp.maximum(jnp.vdot(d, free * gv), 1e-30), 0.0)
-        x1, r1 = x + alpha * d, r - alpha * free * gv
+        gv = free * gv
+        # CG on the free rows: min ||W (colors + free x - target)||^2 over x; a stage start
+        # sets x = 0 and the residual r = -free * G (colors - target).
+        r0 = -gv
+        alpha = jnp.where(rs > 0, rs / jnp.maximum(jnp.vdot(d, gv), 1e-30), 0.0)
+        x1, r1 = x + alpha * d, r - alpha * gv
         rs1 = jnp.vdot(r1, r1)
         d1 = r1 + jnp.where(rs > 0, rs1 / jnp.maximum(rs, 1e-30), 0.0) * d
         is_stage, is_cg = kind == _STAGE, kind == _CG
         pick = lambda on, a, b: jnp.where(on, a, b)  # noqa: E731
-        return (pick(is_stage, start_colors, colors), pick(is_stage, start_free, free),
-                pick(is_stage, jnp.zeros_like(x), pick(is_cg, x1, x)),
+        return (colors, free, pick(is_stage, jnp.zeros_like(x), pick(is_cg, x1, x)),
                 pick(is_stage, r0, pick(is_cg, r1, r)), pick(is_stage, r0, pick(is_cg, d1, d)),
                 pick(is_stage, jnp.vdot(r0, r0), pick(is_cg, rs1, rs)),
-                sens + jnp.where(kind == _PROBE, jnp.mean(z * gv, -1), 0.0),
+                sens + jnp.where(kind == _PROBE, jnp.mean(v * gv, -1), 0.0),
                 pick(kind == _OFFSET, out, offset),
                 errs.at[0].set(pick(kind == _ERROR_NEAREST, err, errs[0]))
                     .at[1].set(pick(kind == _ERROR_FINAL, err, errs[1]))), None

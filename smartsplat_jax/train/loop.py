@@ -55,6 +55,7 @@ from smartsplat_jax import losses
 from smartsplat_jax import metrics
 from smartsplat_jax import params as P
 from smartsplat_jax.codec.quantize import Grid, QuantSpec, fake_quantize, grid, project
+from smartsplat_jax.codec.rounding import nearest_round
 from smartsplat_jax.init.smart import check_image
 from smartsplat_jax.render import pair_capacity, render, resolve_backend
 from smartsplat_jax.train.checkpoint import (clear_checkpoints, latest_checkpoint, load_latest,
@@ -643,7 +644,7 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                     params, rounding = quantizer.round(params, spec)
                     info = {**dict(info), **dict(rounding)}
                 else:
-                    params = _snap_all(params, grid(spec.check()), h, w)
+                    params = nearest_round(params, grid(spec.check()), h, w)
                 history["quant"] = spec.record()
                 history["quant_info"] = {**(history["quant_info"] or {}), **dict(info)}
             history["step"].append(step)
@@ -729,8 +730,3 @@ def _check_custom(loss_fn, optimizer, image) -> None:
 
 def _describe_counts(counts, names) -> str:
     return ", ".join(f"{name} {c}" for name, c in zip(names, counts) if c)
-
-
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _snap_all(params, qgrid, height, width):
-    return snap(params, qgrid, height, width, True, True, True)
