@@ -1,6 +1,9 @@
 """Shared fixtures. Tests marked `slow` are skipped unless --runslow or SMARTSPLAT_RUN_SLOW=1."""
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,10 +11,30 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
-# The CLI and experiments.fit turn on JAX's persistent compilation cache; tests that call
-# them in-process or in subprocesses must not write into the user's ~/.cache (the tests of
-# the cache set their own folder).
-os.environ.setdefault("SMARTSPLAT_CACHE_DIR", "off")
+# One persistent compilation cache for the whole test session, in a temporary folder removed
+# at exit. Most of the suite's time is XLA compiling the same programs again: in another
+# test's jit wrapper, or in a subprocess (the CLI, the launchers, the notebooks' kernels, the
+# simulated-device checks), which inherits these variables. A cached program is the same
+# executable, so no result changes, and nothing is written into the user's ~/.cache. A cache
+# the caller chose (SMARTSPLAT_CACHE_DIR, a folder or `off`, or JAX_COMPILATION_CACHE_DIR) is
+# left as it is; the tests of the cache itself set their own folders.
+if "SMARTSPLAT_CACHE_DIR" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="smartsplat-tests-jax-cache-")
+    atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
+    os.environ["SMARTSPLAT_CACHE_DIR"] = _SESSION_CACHE
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1"
+
+
+def pytest_configure(config):
+    from smartsplat_jax import compile_cache
+
+    # In-process too (JAX may have read its environment before this file ran); a no-op when
+    # SMARTSPLAT_CACHE_DIR is `off`.
+    if compile_cache.enable() is not None:
+        import jax
+
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def pytest_addoption(parser):

@@ -44,7 +44,9 @@ def test_a_decode_fills_the_cache_and_off_writes_nothing(tmp_path):
     def decode(cache, out):
         env = {**os.environ, compile_cache.ENV_VAR: cache, "JAX_PLATFORMS": "cpu",
                "HOME": str(home)}
-        env.pop("XDG_CACHE_HOME", None)
+        for name in ("XDG_CACHE_HOME", "JAX_COMPILATION_CACHE_DIR",
+                     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+            env.pop(name, None)  # the test session's own cache (tests/conftest.py) stays out
         r = subprocess.run([sys.executable, "-m", "smartsplat_jax", "decompress", str(src),
                             str(tmp_path / out)], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=300)
