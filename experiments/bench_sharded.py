@@ -5,7 +5,9 @@
 
 For each size and mesh (D: D x 1 bands of rows; RxC: R x C blocks): the loss's
 forward+backward over the mesh (median ms, column "bands_ms" whatever the mesh), the
-one-device `train.loss_value` for comparison, the difference of the loss and two relative
+one-device `train.loss_value` for comparison -- both timed as training runs them,
+`--scan_steps` iterations inside one jitted `lax.scan`, each nudging the parameters by
+its gradient, per iteration --, the difference of the loss and two relative
 differences of the gradients from it (float32; both SSIM backwards are the hand-written one):
 |g_sharded - g_one| / |g_one| over all parameters, and the largest max|g_sharded - g_one| /
 max|g_one| over the attributes (means, scales, ...), which shows a few Gaussians' gradients
@@ -31,6 +33,8 @@ _SIMULATE = flags.DEFINE_integer("simulate", 0, "Simulate this many CPU devices 
                                  "(XLA_FLAGS=--xla_force_host_platform_device_count; the "
                                  "launcher restarts itself with it). 0: the real devices.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (after warm-up).")
+_SCAN_STEPS = flags.DEFINE_integer("scan_steps", 5, "Forward+backward iterations inside "
+                                   "one lax.scan per timed call.")
 _OUT = flags.DEFINE_string("out", "results/bench_sharded.json", "JSON output path.")
 
 _FLAG = "--xla_force_host_platform_device_count"
@@ -42,7 +46,6 @@ def _row(size: str, shape: tuple[int, int]) -> dict:
 
     from smartsplat_jax import DEMO_IMAGE, load_image
     from smartsplat_jax import params as P
-    from smartsplat_jax.render.auto import median_seconds
     from smartsplat_jax.train import FitConfig, initialize, loss_value
     from smartsplat_jax.train import sharded as S
 
@@ -77,13 +80,31 @@ def _row(size: str, shape: tuple[int, int]) -> dict:
     temp = None if mem is None else mem.temp_size_in_bytes
     return {"size": f"{width}x{height}", "cr": float(cr), "num_gaussians": n,
             "devices": devices, "mesh": f"{shape[0]}x{shape[1]}",
+            "scan_steps": _SCAN_STEPS.value,
             "device": jax.devices()[0].device_kind,
-            "one_device_ms": 1e3 * median_seconds(one, params, repeats=_REPEATS.value),
-            "bands_ms": 1e3 * median_seconds(banded, params, target, repeats=_REPEATS.value),
+            "one_device_ms": _scan_ms(one, params),
+            "bands_ms": _scan_ms(banded, params, target),
             "loss_abs_diff": abs(float(ld) - float(l1)), "grad_rel_diff": grad_err,
             "grad_max_rel_diff": grad_max_err,
             "temp_bytes_per_device": temp,
             "temp_bytes_per_band_pixel": None if temp is None else temp / band_px}
+
+
+def _scan_ms(value_and_grad, params, *args) -> float:
+    """Milliseconds per call of `value_and_grad(params, *args)` inside a jitted lax.scan of
+    `--scan_steps` iterations, each nudging the parameters by 1e-12 x the gradient so that
+    every iteration depends on the last (the median over `--repeats` calls)."""
+    import jax
+
+    from smartsplat_jax.render.auto import median_seconds
+
+    def body(p, _):
+        _, g = value_and_grad(p, *args)
+        return jax.tree_util.tree_map(lambda a, b: a - 1e-12 * b.astype(a.dtype), p, g), None
+
+    k = _SCAN_STEPS.value
+    run = jax.jit(lambda p: jax.lax.scan(body, p, None, length=k)[0])
+    return 1e3 * median_seconds(run, params, repeats=_REPEATS.value) / k
 
 
 def main(argv):

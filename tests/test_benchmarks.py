@@ -195,10 +195,11 @@ def test_launchers_end_an_interrupt_with_one_line(capsys):
 def test_bench_sharded_writes_rows(tmp_path):
     # Two simulated CPU devices (the launcher restarts itself with XLA_FLAGS).
     out = _run(["experiments.bench_sharded", "--sizes=48x40@10", "--devices=1,2,1x2",
-                "--simulate=2", "--repeats=1", f"--out={tmp_path / 's.json'}"])
+                "--simulate=2", "--repeats=1", "--scan_steps=2", f"--out={tmp_path / 's.json'}"])
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads((tmp_path / "s.json").read_text())
     assert [(r["devices"], r["mesh"]) for r in rows] == [(1, "1x1"), (2, "2x1"), (2, "1x2")]
+    assert all(r["scan_steps"] == 2 for r in rows)
     assert all(r["bands_ms"] > 0 and r["one_device_ms"] > 0 for r in rows)
     assert all(r["loss_abs_diff"] < 1e-5 and r["grad_rel_diff"] < 1e-2 for r in rows)
     assert all(0 <= r["grad_max_rel_diff"] < 1e-3 for r in rows), rows

@@ -211,6 +211,27 @@ def test_weighted_ssim_to_target_value_and_gradient():
         assert float(jnp.max(jnp.abs(g_hand[1]))) == 0.0 == float(jnp.max(jnp.abs(g_hand[2])))
 
 
+def test_blur_lowerings_agree_with_an_oracle():
+    # The 'valid' blur has two lowerings (slices; on CPU, convolutions for the training
+    # loss inside its scan): both equal a direct numpy correlation, as a plain call and
+    # inside a lax.scan.
+    from smartsplat_jax import filters
+
+    with enable_x64():
+        rng = np.random.default_rng(4)
+        x = rng.random((4, 30, 25))
+        taps = np.asarray(filters.window_taps())
+        k = len(taps)
+        rows = sum(taps[i] * x[:, i:i + 30 - k + 1] for i in range(k))
+        oracle = sum(taps[i] * rows[:, :, i:i + 25 - k + 1] for i in range(k))
+        for fn in (filters._correlate_valid, filters._correlate_conv, filters._correlate_in_loop):
+            plain = jax.jit(fn, static_argnums=1)(jnp.asarray(x), filters.window_taps())
+            looped = jax.lax.scan(lambda c, _: (c, fn(c, filters.window_taps())),
+                                  jnp.asarray(x), None, length=2)[1]
+            np.testing.assert_allclose(plain, oracle, rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(looped[1], oracle, rtol=1e-12, atol=1e-14)
+
+
 def test_smartsplat_loss_value():
     rng = np.random.default_rng(1)
     a = rng.random((20, 20, 3)).astype(np.float32)
