@@ -71,7 +71,8 @@ def _correlate_in_loop(x: jnp.ndarray, taps: tuple[float, ...]) -> jnp.ndarray:
 
     Measured on a 2-core CPU with jax 0.10 (`experiments.bench_render`, the quick start's
     768 x 512 scene): the SmartSplat loss's forward+backward 16.9 ms a step against 28.4 ms
-    with the slices, the whole training step 93 against 102 ms. As a plain jitted call the
+    with the slices, the whole training step 93 against 102 ms (with jax 0.12: the step 79
+    against 86 ms, the loss timed alone as fast either way). As a plain jitted call the
     same loss's forward+backward takes 0.54 s against 0.04 s (XLA lays the convolution out
     channels-last there, b01f), so everything that is not a training step keeps the slices.
     """
