@@ -32,11 +32,12 @@ with enable_x64():  # the loss and its gradients, float64, an odd size (padded l
             mse = jnp.mean((r - img) ** 2)
             return (losses.smartsplat_loss(r, jnp.asarray(img), 0.9) if kind == "smartsplat"
                     else mse), mse
-        (l_ref, m_ref), g_ref = jax.value_and_grad(ref, has_aux=True)(p)
+        (l_ref, m_ref), g_ref = jax.jit(jax.value_and_grad(ref, has_aux=True))(p)
         for shape in ((1, 1), (4, 1), (2, 2)):
             mesh = S.block_mesh(jax.devices()[:shape[0] * shape[1]], shape)
             t = S.shard_target(img, mesh)
-            (l, m), g = jax.value_and_grad(S.sharded_loss, has_aux=True)(p, t, h, w, mesh, 0.9, kind)
+            (l, m), g = jax.jit(jax.value_and_grad(S.sharded_loss, has_aux=True),
+                                static_argnums=(2, 3, 4, 6))(p, t, h, w, mesh, 0.9, kind)
             err = max(float(jnp.max(jnp.abs(a - b)) / (1e-12 + jnp.max(jnp.abs(b))))
                       for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref)))
             out[f"{kind}_{shape[0]}x{shape[1]}"] = [abs(float(l - l_ref)), abs(float(m - m_ref)), err]
@@ -52,7 +53,7 @@ g_one = jax.jit(jax.grad(lambda q: losses.smartsplat_loss(render_xla(q, h, w), j
 for shape in ((1, 1), (4, 1), (2, 2)):
     mesh = S.block_mesh(jax.devices()[:shape[0] * shape[1]], shape)
     t = S.shard_target(img, mesh)
-    g = jax.grad(lambda q: S.sharded_loss(q, t, h, w, mesh, 0.9)[0])(p32)
+    g = jax.jit(jax.grad(lambda q: S.sharded_loss(q, t, h, w, mesh, 0.9)[0]))(p32)
     out[f"float32_{shape[0]}x{shape[1]}"] = max(
         float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
         for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_one)))
