@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +44,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from experiments.common import interruptible, write_json
+from experiments.common import interruptible, nudge, scan_ms, write_json
 
 from smartsplat_jax import losses
 from smartsplat_jax import params as P
@@ -76,17 +75,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Scene seed.")
 
 
 def _scan_ms(body, carry) -> float:
-    """Milliseconds per iteration of `carry = body(carry)` run `--scan_steps` times in one
-    jitted lax.scan: the median over `--repeats` calls after one warm-up call."""
-    k = _SCAN_STEPS.value
-    run = jax.jit(lambda c: jax.lax.scan(lambda c, _: (body(c), None), c, None, length=k)[0])
-    jax.block_until_ready(run(carry))
-    times = []
-    for _ in range(_REPEATS.value):
-        t0 = time.perf_counter()
-        jax.block_until_ready(run(carry))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times)) / k
+    """`common.scan_ms` with `--scan_steps` iterations and `--repeats` calls."""
+    return scan_ms(body, carry, steps=_SCAN_STEPS.value, repeats=_REPEATS.value)
 
 
 def _buffer_gib(jitted, *args) -> float | None:
@@ -102,11 +92,6 @@ def _device_peak_gib() -> float | None:
     stats = jax.devices()[0].memory_stats() or {}
     peak = stats.get("peak_bytes_in_use")
     return None if peak is None else peak / 2**30
-
-
-def _nudge(params, grads, eps: float = 1e-12):
-    """params - eps * grads: a step that keeps a scan's iterations dependent on each other."""
-    return jax.tree_util.tree_map(lambda p, g: p - eps * g.astype(p.dtype), params, grads)
 
 
 def _step_parts(backend: str, capacity: int | None, params: P.GaussianParams, target,
@@ -187,7 +172,7 @@ def bench_one(width: int, height: int, cr: float, backend: str) -> dict | None:
     # Forward: the next iteration's colours depend on this render (so nothing is hoisted).
     row["fwd_ms"] = _scan_ms(lambda p: p.replace(colors=p.colors + 1e-30 * jnp.mean(draw(p))),
                              params)
-    row["fwd_bwd_ms"] = _scan_ms(lambda p: _nudge(p, fwd_bwd(p)), params)
+    row["fwd_bwd_ms"] = _scan_ms(lambda p: nudge(p, fwd_bwd(p)), params)
     row["fwd_buffers_gib"] = _buffer_gib(fwd, params)
     row["fwd_bwd_buffers_gib"] = _buffer_gib(fwd_bwd, params)
     row["step_ms"] = row["step_it_per_s"] = row["loss_opt_share"] = None

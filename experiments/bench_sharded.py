@@ -24,7 +24,7 @@ import sys
 
 from absl import app, flags
 
-from experiments.common import devices_value, interruptible, write_json
+from experiments.common import devices_value, interruptible, nudge, scan_ms, write_json
 
 _SIZES = flags.DEFINE_list("sizes", ["512x512@20"], "WIDTHxHEIGHT@CR entries.")
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4"], "Meshes: D (D x 1 bands) or RxC "
@@ -93,18 +93,9 @@ def _row(size: str, shape: tuple[int, int]) -> dict:
 def _scan_ms(value_and_grad, params, *args) -> float:
     """Milliseconds per call of `value_and_grad(params, *args)` inside a jitted lax.scan of
     `--scan_steps` iterations, each nudging the parameters by 1e-12 x the gradient so that
-    every iteration depends on the last (the median over `--repeats` calls)."""
-    import jax
-
-    from smartsplat_jax.render.auto import median_seconds
-
-    def body(p, _):
-        _, g = value_and_grad(p, *args)
-        return jax.tree_util.tree_map(lambda a, b: a - 1e-12 * b.astype(a.dtype), p, g), None
-
-    k = _SCAN_STEPS.value
-    run = jax.jit(lambda p: jax.lax.scan(body, p, None, length=k)[0])
-    return 1e3 * median_seconds(run, params, repeats=_REPEATS.value) / k
+    every iteration depends on the last (`common.scan_ms`; the median over `--repeats`)."""
+    return scan_ms(lambda p: nudge(p, value_and_grad(p, *args)[1]), params,
+                   steps=_SCAN_STEPS.value, repeats=_REPEATS.value)
 
 
 def main(argv):

@@ -106,3 +106,30 @@ def interruptible(main):
             signal.signal(signal.SIGTERM, previous)
 
     return run
+
+
+def scan_ms(body, carry, *, steps: int, repeats: int) -> float:
+    """Milliseconds per iteration of `carry = body(carry)` run `steps` times in one jitted
+    lax.scan, as training runs its steps: the median over `repeats` calls after one warm-up
+    call."""
+    import time
+
+    import jax
+    import numpy as np
+
+    run = jax.jit(lambda c: jax.lax.scan(lambda c, _: (body(c), None), c, None,
+                                         length=steps)[0])
+    jax.block_until_ready(run(carry))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(carry))
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times)) / steps
+
+
+def nudge(params, grads, eps: float = 1e-12):
+    """params - eps * grads: a step that keeps a scan's iterations dependent on each other."""
+    import jax
+
+    return jax.tree_util.tree_map(lambda p, g: p - eps * g.astype(p.dtype), params, grads)
