@@ -108,3 +108,51 @@ def test_budget_quantizer_rounds_blended_sets_within_the_budget():
     assert info == {"rounding": "nearest"}
     out, info = BudgetQuantizer(H, W, None, backend="xla", compensate=True).round(add, spec)
     assert info["rounding"] == "compensated"
+
+
+def test_finish_picks_the_opacity_step_whose_file_renders_closest():
+    """A blended set's opacity step is chosen with its colours: every step of opacity_exps
+    gets the finest colour step that fits; the winner's nearest codes render closest to the
+    float render (checked with the dense reference renderer), within the budget."""
+    from smartsplat_jax.codec.rate import color_for_budget
+
+    p = _set(True)
+    spec = codec.choose_spec(p, H, W, pos_exp=-8, scale_exp=-24, color_exp=-32)
+    p = p.replace(means=nearest_round(p, codec.grid(spec), H, W).means,
+                  scales=nearest_round(p, codec.grid(spec), H, W).scales,
+                  rotation=nearest_round(p, codec.grid(spec), H, W).rotation)
+    fixed, fixed_size = color_for_budget(p, H, W, 10 ** 6, spec)  # no limit: the finest
+    budget = int(0.8 * fixed_size)
+    exps = (-64, -56, -48, -40)
+    q = BudgetQuantizer(H, W, budget, backend="xla", opacity_exps=exps)
+    final, info = q.finish(p, spec)
+    trials = info["opacity_trials"]
+    assert [t["opacity_exp"] for t in trials] == list(exps)
+    reference = np.asarray(render_blend_reference(p, H, W), np.float64)
+
+    def mse(s):
+        r = render_blend_reference(nearest_round(p, codec.grid(s), H, W), H, W)
+        return float(np.mean(np.square(np.asarray(r, np.float64) - reference)))
+
+    for t in trials:
+        s = codec.choose_spec(p, H, W, pos_exp=spec.pos_exp, scale_exp=spec.scale_exp,
+                              color_exp=t["color_exp"], opacity_exp=t["opacity_exp"])
+        assert t["bytes"] == len(codec.encode(p, H, W, spec=s)) <= budget
+        assert t["mse"] == pytest.approx(mse(s), rel=1e-3, abs=1e-9)
+        # The finest colour step that fits: one step finer does not.
+        finer = codec.choose_spec(p, H, W, pos_exp=spec.pos_exp, scale_exp=spec.scale_exp,
+                                  color_exp=t["color_exp"] - 1, opacity_exp=t["opacity_exp"])
+        assert len(codec.encode(p, H, W, spec=finer)) > budget
+    best = min(trials, key=lambda t: t["mse"])
+    assert (final.opacity_exp, final.color_exp) == (best["opacity_exp"], best["color_exp"])
+    assert info["final_bytes"] == len(codec.encode(p, H, W, spec=final)) <= budget
+    # One step fixes it (the step before the search); sets without opacities never search.
+    one, info1 = BudgetQuantizer(H, W, budget, backend="xla", opacity_exps=(-64,)).finish(p, spec)
+    assert "opacity_trials" not in info1
+    assert (one.opacity_exp, one.color_exp) == (-64, trials[0]["color_exp"])
+    add = _set(False)
+    _, info2 = BudgetQuantizer(H, W, budget, backend="xla").finish(add, codec.choose_spec(add, H, W))
+    assert "opacity_trials" not in info2
+    for bad in ((), (-97,), (1,), (True,), "-64"):
+        with pytest.raises(ValueError, match="opacity_exps"):
+            BudgetQuantizer(H, W, budget, opacity_exps=bad)
