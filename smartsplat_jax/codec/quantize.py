@@ -39,7 +39,8 @@ The grid of every attribute (SPEC §2 parameters; §8: what the file stores):
     squared error, so PSNR), each channel on a grid of color_step: code k of channel j means
     c'_j = (color_lo[j] + k) * color_step, k in [0, color_levels[j]).
   * opacity: omitted (opacity_levels = 0) when every opacity is exactly 1, as SmartSplat trains
-    it; otherwise (opacity_lo + k) * opacity_step, k in [0, opacity_levels).
+    it; otherwise (opacity_lo + k) * opacity_step, k in [0, opacity_levels), the step chosen
+    with the colours' by rate control (`codec.rate.opacity_for_budget`).
 
 The step sizes, not the ranges, set the precision: a stray Gaussian with a far-off colour or
 scale widens only the range (one rare code for the entropy coder), never the step of the
