@@ -280,14 +280,14 @@ def opacity_for_budget(params: P.GaussianParams, height: int, width: int, max_by
     for finer colours; the best trade depends on the set.
 
     Returns:
-      (spec, file_bytes, trials): the winner (or, when no step fits, `color_for_budget`'s
-      answer at spec.opacity_exp, whose size says so), and per step tried
+      (spec, file_bytes, trials): the winner (or, when no step fits, the last step's
+      coarsest-colour spec, whose size says so), and per step tried
       {"opacity_exp", "color_exp", "bytes", "mse"} (mse None: it does not fit).
     """
     exps = tuple(int(e) for e in exps)
     render = _render_fn(height, width, backend)
     reference = render(params)
-    best, trials = None, []
+    best, last, trials = None, None, []
     for e in exps:
         try:
             s = choose_spec(params, height, width, pos_exp=spec.pos_exp,
@@ -296,7 +296,7 @@ def opacity_for_budget(params: P.GaussianParams, height: int, width: int, max_by
         except ValueError:
             continue
         s, size = color_for_budget(params, height, width, max_bytes, s)
-        mse = None
+        last, mse = (s, size), None
         if 0 <= size <= max_bytes:
             rounded = render(nearest_round(params, grid(s), height, width))
             mse = float(jnp.mean(jnp.square(rounded - reference)))
@@ -304,7 +304,7 @@ def opacity_for_budget(params: P.GaussianParams, height: int, width: int, max_by
                 best = (s, size, mse)
         trials.append({"opacity_exp": e, "color_exp": s.color_exp, "bytes": size, "mse": mse})
     if best is None:
-        s, size = color_for_budget(params, height, width, max_bytes, spec)
+        s, size = last or color_for_budget(params, height, width, max_bytes, spec)
         return s, size, trials
     return best[0], best[1], trials
 
@@ -366,7 +366,7 @@ class BudgetQuantizer:
         steps: 1.12 dB for 3DGS, 0.09 dB for SmartSplat, of which compensation recovers
         0.63 and 0.05 dB) and the extra compiled program is worth it.
       opacity_exps: the opacity steps `finish` tries for sets that store opacities (step
-        exponents in 1/8 octaves, within QUANT_LIMITS; one, e.g. (-64,), fixes it).
+        exponents in 1/8 octaves, within QUANT_LIMITS; one, e.g. (-64,) for 1/256, fixes it).
     """
 
     height: int
@@ -400,7 +400,7 @@ class BudgetQuantizer:
         if self.budget is None:
             return spec, {"finish_seconds": 0.0}
         info = {}
-        if spec.opacity_levels and len(self.opacity_exps) > 1:
+        if spec.opacity_levels:
             final, size, trials = opacity_for_budget(params, self.height, self.width,
                                                      self.budget, spec, self.opacity_exps,
                                                      backend=self.backend)
