@@ -118,9 +118,8 @@ def test_finish_picks_the_opacity_step_whose_file_renders_closest():
 
     p = _set(True)
     spec = codec.choose_spec(p, H, W, pos_exp=-8, scale_exp=-24, color_exp=-32)
-    p = p.replace(means=nearest_round(p, codec.grid(spec), H, W).means,
-                  scales=nearest_round(p, codec.grid(spec), H, W).scales,
-                  rotation=nearest_round(p, codec.grid(spec), H, W).rotation)
+    on_grid = nearest_round(p, codec.grid(spec), H, W)  # the geometry, as after the phase
+    p = p.replace(means=on_grid.means, scales=on_grid.scales, rotation=on_grid.rotation)
     fixed, fixed_size = color_for_budget(p, H, W, 10 ** 6, spec)  # no limit: the finest
     budget = int(0.8 * fixed_size)
     exps = (-64, -56, -48, -40)
