@@ -425,8 +425,9 @@ def test_benchmark_over_two_processes_merges_one_table(small_photo, tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in (0, 1)]
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (stdout, stderr) in zip(procs, outs):
-        assert p.returncode == 0, stderr[-3000:]
+    for p, (stdout, stderr) in zip(procs, outs):  # on failure, both processes' logs
+        assert p.returncode == 0, "\n".join(f"process {i}: {e[-2000:]}"
+                                             for i, (_, e) in enumerate(outs))
     assert "process 0 of 2: 1 of 2" in outs[0][0] and "process 1 of 2: 1 of 2" in outs[1][0]
     data = json.loads((out_dir / "results.json").read_text())
     assert sorted(os.path.basename(r["image"]) for r in data["cells"]) == ["a.png", "b.png"]
