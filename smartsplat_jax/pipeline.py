@@ -29,6 +29,7 @@ import dataclasses
 import io
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -403,13 +404,16 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
 
 
 def check_workdir(workdir: str | os.PathLike) -> Path:
-    """Creates `workdir` if needed and checks it is writable; raises OSError naming it."""
+    """Creates `workdir` if needed and checks it is writable; raises OSError naming it.
+
+    The probe is a temporary file with a name of its own, so processes starting on the same
+    folder at once (a distributed benchmark's) never remove each other's probe."""
     d = Path(workdir)
     try:
         d.mkdir(parents=True, exist_ok=True)
-        probe = d / ".write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=d)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise OSError(f"workdir {d} is not writable ({e.strerror or e})") from None
     return d

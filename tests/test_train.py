@@ -380,6 +380,38 @@ def test_fit_launcher_unwritable_workdir(small_photo, tmp_path):
     assert out.returncode != 0 and "not writable" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_workdir_check_is_safe_for_processes_sharing_the_folder(tmp_path):
+    """Several launchers may start on one output folder at once (the processes of a
+    distributed benchmark do): each checks it is writable with a probe of its own, so none
+    removes another's probe under it, and a file left where a fixed probe name would go does
+    not make the folder look unwritable."""
+    import threading
+
+    from smartsplat_jax.pipeline import check_workdir
+
+    out = tmp_path / "out"
+    errors, start = [], threading.Barrier(8)
+
+    def check():
+        start.wait()
+        for _ in range(300):
+            try:
+                check_workdir(out)
+            except OSError as e:
+                errors.append(str(e))
+
+    threads = [threading.Thread(target=check) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert list(out.iterdir()) == []  # no probe left behind
+    (out / ".write_test").mkdir()  # e.g. left by another tool
+    assert check_workdir(out) == out
+    assert sorted(p.name for p in out.iterdir()) == [".write_test"]
+
+
 def test_benchmark_launcher_resumes(small_photo, tmp_path):
     path, _ = small_photo
     args = ["experiments.benchmark", f"--images={path}", "--crs=20", "--methods=smartsplat,random",
