@@ -14,10 +14,11 @@ DATA = ROOT.parent / "shared" / "data"
 # One persistent compilation cache for the whole test session, in a temporary folder removed
 # at exit. Most of the suite's time is XLA compiling the same programs again: in another
 # test's jit wrapper, or in a subprocess (the CLI, the launchers, the notebooks' kernels, the
-# simulated-device checks), which inherits these variables. A cached program is the same
-# executable, so no result changes, and nothing is written into the user's ~/.cache. A cache
-# the caller chose (SMARTSPLAT_CACHE_DIR, a folder or `off`, or JAX_COMPILATION_CACHE_DIR) is
-# left as it is; the tests of the cache itself set their own folders.
+# simulated-device checks, pytest-xdist's workers), which inherits these variables. A cached
+# program is the same executable, so no result changes, and nothing is written into the
+# user's ~/.cache. A cache the caller chose (SMARTSPLAT_CACHE_DIR, a folder or `off`, or
+# JAX_COMPILATION_CACHE_DIR) is left as it is; the tests of the cache itself set their own
+# folders.
 if "SMARTSPLAT_CACHE_DIR" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _SESSION_CACHE = tempfile.mkdtemp(prefix="smartsplat-tests-jax-cache-")
     atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
