@@ -53,12 +53,14 @@ T_MIN = 1e-4  # 3DGS stops blending a pixel before its transmittance falls below
 BACKGROUND = 1.0  # white, GaussianImage's 3DGS baseline (gaussiansplatting_3d.py)
 
 
+@functools.partial(jax.jit, static_argnames=("height", "width", "clamp", "background"))
 def render_blend_reference(params: P.GaussianParams | P.CholeskyParams, height: int,
                            width: int, clamp: bool = True,
                            background: float = BACKGROUND) -> jax.Array:
     """Dense blending render, [H, W, 3]: every Gaussian at every pixel, in row order, over a
     `background` grey level (the definition in the module docstring, written for clarity;
-    the test oracle)."""
+    the test oracle). Jitted like `render_reference`: height, width, clamp and background
+    static."""
     n = params.means.shape[0]
     if n * height * width > MAX_DENSE_ELEMENTS:
         raise ValueError(f"dense blending: N * pixels = {n} * {height * width} is over "

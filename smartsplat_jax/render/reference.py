@@ -1,6 +1,8 @@
 """Dense reference renderer: every Gaussian at every pixel (SPEC §3). The test oracle.
 
 Written for clarity, not speed: it builds an [N, H*W] array, so use it on tiny images only.
+It is jitted (one program per size; height, width and clamp static), which only saves the
+compile of its ops one by one: the arithmetic is the same.
 It shares nothing with the tiled backends beyond `params.covariance` (and so the scale floor
 of `params.scale_activation`): it evaluates sigma(d) = 0.5 d^T Sigma^-1 d through the
 Cholesky factor L of Sigma, 0.5 |L^-1 d|^2, with L's last entry from the exact determinant
@@ -9,6 +11,8 @@ are finite for every finite parameter set. It culls nothing but what the definit
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -21,13 +25,14 @@ __all__ = ["render_reference", "MAX_DENSE_ELEMENTS"]
 MAX_DENSE_ELEMENTS = 1 << 28
 
 
+@functools.partial(jax.jit, static_argnames=("height", "width", "clamp"))
 def render_reference(params: P.GaussianParams, height: int, width: int,
                      sample_xy: jax.Array | None = None, clamp: bool = True) -> jax.Array:
     """Accumulated-sum render, [H, W, 3], clamped to [0, 1].
 
     Args:
       params: raw Gaussian parameters, N rows (`GaussianParams` or `CholeskyParams`).
-      height, width: the image size the normalized means refer to, in pixels.
+      height, width: the image size the normalized means refer to, in pixels (static).
       sample_xy: optional [H', W', 2] pixel coordinates (x, y) at which to evaluate the
         image instead of the integer pixel grid of height x width (used to test resampling).
       clamp: clamp to [0, 1] (the definition); False returns the raw sum (for tests).
