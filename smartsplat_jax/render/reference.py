@@ -1,8 +1,7 @@
 """Dense reference renderer: every Gaussian at every pixel (SPEC §3). The test oracle.
 
 Written for clarity, not speed: it builds an [N, H*W] array, so use it on tiny images only.
-It is jitted (one program per size; height, width and clamp static), which only saves the
-compile of its ops one by one: the arithmetic is the same.
+It is jitted (height, width and clamp static): one compile per size instead of one per op.
 It shares nothing with the tiled backends beyond `params.covariance` (and so the scale floor
 of `params.scale_activation`): it evaluates sigma(d) = 0.5 d^T Sigma^-1 d through the
 Cholesky factor L of Sigma, 0.5 |L^-1 d|^2, with L's last entry from the exact determinant
