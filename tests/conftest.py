@@ -26,6 +26,15 @@ if "SMARTSPLAT_CACHE_DIR" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not 
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1"
 
+# The CPU backend compiles the tests' programs with LLVM's optimisation level 0: the same XLA
+# programs (fusion and every HLO pass unchanged), machine code generated with fewer passes.
+# The suite is dominated by compiling programs that then run for milliseconds, and this takes
+# about a quarter off each compile (the simulated-device checks: 70 s -> 53 s). Users' runs and
+# the benchmarks keep XLA's default; XLA_FLAGS that already set a level are left as they are.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_backend_optimization_level=0").strip()
+
 
 def pytest_configure(config):
     from smartsplat_jax import compile_cache
