@@ -25,18 +25,8 @@ if "SMARTSPLAT_CACHE_DIR" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not 
     os.environ["SMARTSPLAT_CACHE_DIR"] = _SESSION_CACHE
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
     # Programs that took >= 0.25 s to compile are written (every program, ~1,700 small ones,
-    # made the in-process tests slower; >= 1 s left out many that level 0 below compiles in
-    # well under a second: 949 s -> 863 s for the suite on 2 cores).
+    # made the in-process tests slower; >= 1 s leaves out many that subprocesses compile again).
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.25"
-
-# The CPU backend compiles the tests' programs with LLVM's optimisation level 0: the same XLA
-# programs (fusion and every HLO pass unchanged), machine code generated with fewer passes.
-# The suite is dominated by compiling programs that then run for milliseconds, and this takes
-# about a quarter off each compile (the simulated-device checks: 70 s -> 53 s). Users' runs and
-# the benchmarks keep XLA's default; XLA_FLAGS that already set a level are left as they are.
-if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_backend_optimization_level=0").strip()
 
 
 def pytest_configure(config):
