@@ -88,26 +88,56 @@ def test_bad_settings_are_refused():
             compensated_round(p, g, H, W, **kw)
 
 
-def test_budget_quantizer_rounds_blended_sets_within_the_budget():
-    p = _set(True)
+@pytest.mark.parametrize("blend", [False, True])
+def test_budget_quantizer_rounds_within_the_budget(blend):
+    p = _set(blend)
     spec = codec.choose_spec(p, H, W, color_exp=-16)
     near = nearest_round(p, codec.grid(spec), H, W)
-    out, info = BudgetQuantizer(H, W, None, backend="xla").round(p, spec)
-    assert info["rounding"] == "compensated"
-    assert info["rounding_mse_compensated"] < info["rounding_mse_nearest"]
-    size = info["compensated_bytes"]
-    assert size == len(codec.encode(out, H, W, spec=spec))
-    # One byte short of what the compensated codes need: nearest codes, and it says why.
-    out, info = BudgetQuantizer(H, W, size - 1, backend="xla").round(p, spec)
-    assert "over the budget" in info["rounding"]
+    out, used, info = BudgetQuantizer(H, W, None, backend="xla").round(p, spec)
+    assert info["rounding"] == "compensated" and used == spec
+    assert info["rounding_trials"][0]["mse"] < info["rounding_mse_nearest"]
+    size = info["rounding_trials"][0]["bytes"]
+    assert size == info["final_bytes"] == len(codec.encode(out, H, W, spec=spec))
+    # One byte short of what the compensated codes need: a coarser colour step, whose
+    # compensated codes fit and still render closer than the nearest codes of `spec`.
+    out, used, info = BudgetQuantizer(H, W, size - 1, backend="xla").round(p, spec)
+    trials = info["rounding_trials"]
+    assert trials[0]["bytes"] == size and len(trials) >= 2
+    assert info["rounding"].startswith("compensated (colour step")
+    assert used.color_exp == trials[-1]["color_exp"] > spec.color_exp
+    for f in ("pos_exp", "scale_exp", "angle_exp", "opacity_exp"):
+        assert getattr(used, f) == getattr(spec, f)
+    data = codec.encode(out, H, W, spec=used)
+    assert len(data) == info["final_bytes"] == trials[-1]["bytes"] <= size - 1
+    assert trials[-1]["mse"] <= info["rounding_mse_nearest"]
+    decoded, _, _ = codec.decode(data)  # the file holds exactly these colours
+    np.testing.assert_allclose(np.asarray(decoded.colors)[_canonical_order(decoded)],
+                               np.asarray(out.colors)[_canonical_order(out)], atol=1e-6)
+    wmat = _dense_w(p)
+    assert _error(wmat, out.colors, p.colors) < _error(wmat, near.colors, p.colors)
+    # No coarser step allowed: the nearest codes of `spec`, and it says why.
+    out, used, info = BudgetQuantizer(H, W, size - 1, backend="xla",
+                                      compensate_coarser=0).round(p, spec)
+    assert "over the budget" in info["rounding"] and used == spec
     np.testing.assert_array_equal(out.colors, near.colors)
-    # Additive sets default to nearest rounding; compensate=True asks for it.
-    add = _set(False)
-    spec = codec.choose_spec(add, H, W, color_exp=-16)
-    out, info = BudgetQuantizer(H, W, None, backend="xla").round(add, spec)
-    assert info == {"rounding": "nearest"}
-    out, info = BudgetQuantizer(H, W, None, backend="xla", compensate=True).round(add, spec)
-    assert info["rounding"] == "compensated"
+    # compensate=False keeps the nearest codes.
+    out, used, info = BudgetQuantizer(H, W, None, backend="xla", compensate=False).round(p, spec)
+    assert info == {"rounding": "nearest"} and used == spec
+    np.testing.assert_array_equal(out.colors, near.colors)
+
+
+def _canonical_order(p):
+    """Row indices in an order independent of how the rows were stored: by position, then
+    colour."""
+    m = np.asarray(p.means, np.float64)
+    return np.lexsort((np.asarray(p.colors)[:, 0], m[:, 1], m[:, 0]))
+
+
+def test_budget_quantizer_refuses_bad_settings():
+    for kw in ({"compensate_coarser": -1}, {"compensate_coarser": 9},
+               {"compensate_coarser": True}, {"compensate": None}, {"compensate": "yes"}):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            BudgetQuantizer(H, W, 100, **kw)
 
 
 def test_finish_picks_the_opacity_step_whose_file_renders_closest():

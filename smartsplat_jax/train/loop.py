@@ -417,9 +417,10 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
         `plan(params) -> (QuantSpec, info)`, called at the first step of the phase (chunks
         end there), and `finish(params, spec) -> (QuantSpec, info)`, called after the last step
         (it may change the colour grid only, or coarsen everything if nothing else fits), e.g.
-        `codec.rate.BudgetQuantizer`; optionally `round(params, spec) -> (params, info)`, the
-        params on that grid (default: nearest codes; `BudgetQuantizer` compensates the
-        colours' rounding, `codec.rounding`).
+        `codec.rate.BudgetQuantizer`; optionally `round(params, spec) -> (params, spec,
+        info)`, the params on that grid or on one with a coarser colour step, and that spec
+        (default: nearest codes on `spec`; `BudgetQuantizer` compensates the colours'
+        rounding, `codec.rounding`).
       workdir: if given, checkpoints go to workdir/checkpoints.
       resume: True: continue from the newest readable checkpoint in workdir/checkpoints if
         it belongs to this run (`run_fingerprint`; a run stopped inside the phase keeps its
@@ -641,7 +642,7 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                 # The colours' grid, for the exact budget, and every attribute on the file's grid.
                 spec, info = quantizer.finish(params, spec)
                 if hasattr(quantizer, "round"):
-                    params, rounding = quantizer.round(params, spec)
+                    params, spec, rounding = quantizer.round(params, spec)
                     info = {**dict(info), **dict(rounding)}
                 else:
                     params = nearest_round(params, grid(spec.check()), h, w)
