@@ -28,6 +28,7 @@ compensated codes cost a few bytes more than the budget (`round` returns the gri
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 
@@ -454,9 +455,11 @@ class BudgetQuantizer:
           "final_bytes" (the file's size) and "rounding_seconds".
         """
         t0 = time.perf_counter()
-        near = nearest_round(params, grid(spec.check()), self.height, self.width)
+        # Called only where the nearest codes are kept (compensation computes its own).
+        nearest = functools.partial(nearest_round, params, grid(spec.check()), self.height,
+                                    self.width)
         if not self.compensate or params.num == 0:
-            return near, spec, {"rounding": "nearest"}
+            return nearest(), spec, {"rounding": "nearest"}
         trials, mse_near, choice = [], None, None
         for k in range(self.compensate_coarser + 1):
             s = spec if k == 0 else _with_color_exp(params, self.height, self.width, spec,
@@ -481,7 +484,8 @@ class BudgetQuantizer:
                 f"compensated codes took {trials[0]['bytes']} bytes, over the budget)"
                 if len(trials) > 1 else "")
         else:
-            out, size = near, len(encode(near, self.height, self.width, spec=spec))
+            out = nearest()
+            size = len(encode(out, self.height, self.width, spec=spec))
             last = trials[-1] if trials else None
             info["rounding"] = "nearest" + (
                 "" if last is None else
