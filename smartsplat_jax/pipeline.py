@@ -124,7 +124,8 @@ def _encode_and_decode(image, params: P.GaussianParams, history: dict, config: F
 
     info is `encode_trained`'s plus psnr_float (the float Gaussians before quantization: at
     the start of the quantization-aware phase, or the trained params when there was none),
-    qat_steps, actual_cr, bytes_per_gaussian and decode_seconds (file -> decoded render)."""
+    qat_steps, qat_stages (its snapping stages per group), actual_cr, bytes_per_gaussian and
+    decode_seconds (file -> decoded render)."""
     h, w = int(image.shape[0]), int(image.shape[1])
     psnr_float = history.get("psnr_before_qat")
     if psnr_float is None:
@@ -136,6 +137,8 @@ def _encode_and_decode(image, params: P.GaussianParams, history: dict, config: F
     info = {"psnr_float": psnr_float,
             "qat_steps": (config.steps - history["qat_start"]
                           if history.get("qat_start") is not None else 0),
+            "qat_stages": (config.qat_stages_used
+                           if history.get("qat_start") is not None else 0),
             "actual_cr": 3 * h * w / len(data), "bytes_per_gaussian": len(data) / params.num,
             "decode_seconds": time.perf_counter() - t0, **enc}
     return data, rendered, info

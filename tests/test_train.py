@@ -22,7 +22,7 @@ from smartsplat_jax.pipeline import encode_trained, load_params
 from smartsplat_jax.render import render
 from smartsplat_jax.train import (config_for_method, default_qat_steps, fit,
                                   initialize, make_optimizer)
-from smartsplat_jax.train.loop import _run_chunk
+from smartsplat_jax.train.loop import _run_chunk, qat_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -281,6 +281,62 @@ def test_quantization_aware_phase_beats_rounding():
     assert psnr["aware"] > psnr["rounded"] + 2.0, psnr  # measured: +2.9 dB
 
 
+def test_quantization_aware_stages_snap_a_random_share_at_a_time(small_photo, tmp_path,
+                                                                monkeypatch):
+    """With qat_stages=2, each group reaches the grid in two halves of the Gaussians, a fixed
+    random split: between the stages, one half is on the grid and frozen, the other free."""
+    from smartsplat_jax.train import checkpoint as ckpt
+
+    monkeypatch.setattr(ckpt, "_KEEP", 100)  # keep every checkpoint of the run
+    img, h, w, p0, cfg, quantizer = _qat_setup(small_photo)
+    cfg = dataclasses.replace(cfg, qat_steps=40, qat_stages=2, checkpoint_every=5)
+    sched = qat_schedule(cfg, True, p0.num)
+    pos, geo = np.asarray(sched.positions)[:, 0], np.asarray(sched.geometry)[:, 0]
+    assert sorted(set(pos)) == [20, 30] and sorted(set(geo)) == [40, 50]
+    assert abs(int(np.sum(pos == 20)) - p0.num / 2) <= 1
+    np.testing.assert_array_equal(pos - 20, geo - 40)  # one split for both groups
+    again = qat_schedule(cfg, True, p0.num)  # the same split every time: resumable
+    np.testing.assert_array_equal(pos, np.asarray(again.positions)[:, 0])
+    assert np.corrcoef(pos, np.arange(p0.num))[0, 1] < 0.3  # not by row (init order)
+    params, hist = fit(img, p0, cfg, workdir=tmp_path, progress=False, quantizer=quantizer)
+    g = codec.grid(codec.QuantSpec.from_record(hist["quant"]))
+    template = (p0, make_optimizer(cfg).init(p0))
+
+    def on_grid(step):
+        state = ckpt.load_checkpoint(tmp_path / "checkpoints" / f"ckpt_{step:09d}.npz",
+                                     template)[0][0]
+        q = codec.fake_quantize(state, g, h, w)
+        same = lambda a, b: np.all(np.isclose(a, b, rtol=1e-6, atol=1e-6), 1)  # noqa: E731
+        return same(q.means, state.means), same(q.scales, state.scales)
+
+    means, scales = on_grid(25)  # positions: the first half snapped, the second free
+    assert means[pos == 20].all() and not means[pos == 30].any()
+    assert not scales.any()
+    means, scales = on_grid(45)  # every position snapped; scales: the first half
+    assert means.all() and scales[geo == 40].all() and not scales[geo == 50].any()
+    means, scales = on_grid(60)
+    assert means.all() and scales.all()
+    # Resumable: inside the phase with the same stages only (to the same parameters), before
+    # it with any.
+    def keep_until(step):
+        for path in (tmp_path / "checkpoints").glob("ckpt_*.npz"):
+            if int(path.stem.split("_")[1]) > step:
+                path.unlink()
+
+    keep_until(45)
+    with pytest.raises(ValueError, match="snaps in 2 stage"):
+        fit(img, p0, dataclasses.replace(cfg, qat_stages=1), workdir=tmp_path, progress=False,
+            quantizer=quantizer)
+    resumed, again = fit(img, p0, cfg, workdir=tmp_path, progress=False, quantizer=quantizer)
+    assert again["resumed_from"] == 45 and again["qat_stages"] == 2
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+    keep_until(15)
+    _, one = fit(img, p0, dataclasses.replace(cfg, qat_stages=1), workdir=tmp_path,
+                 progress=False, quantizer=quantizer)
+    assert one["resumed_from"] == 15 and one["qat_stages"] == 1
+
+
 def test_resume_inside_the_quantization_aware_phase(small_photo, tmp_path):
     """A run killed inside the phase resumes with the checkpoint's quantizer (no new plan) to
     the same parameters as the uninterrupted run."""
@@ -317,6 +373,13 @@ def test_qat_and_colour_bound_fields_are_checked():
     assert config_for_method("smartsplat", steps=10).qat_steps_used == 5
     assert config_for_method("smartsplat", steps=10, qat_steps=30).qat_steps_used == 10
     assert default_qat_steps(50_000) == 1000 and default_qat_steps(10**6) == 1000
+    with pytest.raises(ValueError, match="qat_stages=0"):
+        config_for_method("smartsplat", qat_stages=0)
+    # One snapping stage per 50 steps of a group's half of the phase, 1 to 4.
+    stages = {s: config_for_method("smartsplat", steps=s).qat_stages_used
+              for s in (1000, 10_000, 20_000, 50_000)}
+    assert stages == {1000: 1, 10_000: 2, 20_000: 4, 50_000: 4}
+    assert config_for_method("smartsplat", steps=60, qat_steps=6, qat_stages=5).qat_stages_used == 3
 
 
 def _run(args, cwd=ROOT):

@@ -22,6 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.lr_scales = ml_collections.FieldReference(None, field_type=float)
     c.lr_colors = ml_collections.FieldReference(None, field_type=float)
     c.lr_rotation = ml_collections.FieldReference(None, field_type=float)
+    # The quantization-aware phase's snapping stages per group (None: 1 to 4 by its length).
+    c.qat_stages = ml_collections.FieldReference(None, field_type=int)
     c.chunk_steps = 100
     c.eval_every = 250
     c.checkpoint_every = 500

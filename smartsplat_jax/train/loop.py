@@ -146,29 +146,49 @@ def loss_value(params: P.GaussianParams, image: jax.Array, config: FitConfig,
 
 
 class QatSchedule(NamedTuple):
-    """Steps (traced int32 scalars) at which groups reach the quantizer's grid.
+    """The step (traced int32) at which each Gaussian's groups reach the quantizer's grid:
+    [N, 1] per Gaussian, or scalars for all.
 
-    Before `positions`: float training. From `positions`: the positions are snapped to their
-    grid and frozen; from `geometry`: the scales and angles too, while the colours keep
-    training in float (they are snapped after the last step, see `fit`). Steps >= `positions`
-    also project every update into the quantizer's range. A schedule at or past the last step
-    means no quantization.
+    Before a Gaussian's `positions` step its parameters train in float; from it, its position
+    is snapped to the grid and frozen, and its updates are projected into the quantizer's
+    range; from its `geometry` step, its scales and angle are snapped and frozen too, while
+    the colours keep training in float (they are snapped after the last step, see `fit`). A
+    schedule at or past the last step means no quantization.
     """
 
     positions: jax.Array
     geometry: jax.Array
 
 
-def qat_schedule(config: FitConfig, quantized: bool) -> QatSchedule:
-    """The schedule of `config.qat_steps_used` quantization-aware steps at the end of the run
-    (half with the positions on the grid, half with the whole geometry), or none."""
+def qat_schedule(config: FitConfig, quantized: bool, num: int | None = None) -> QatSchedule:
+    """The schedule of `config.qat_steps_used` quantization-aware steps at the end of the run,
+    or none (scalars).
+
+    The positions reach the grid in the first half of the phase and the scales and angles in
+    the second, each in `config.qat_stages_used` stages spread evenly over its half (stage k
+    of S at k / S of it; `train.config.default_qat_stages` keeps stages tens of steps
+    long). Stage k holds the Gaussians ranked k / stages to (k + 1) / stages in a fixed
+    random order (a permutation from key 0 that depends on `num` alone, so that a resumed run
+    has the same schedule): snapping a random share at a time leaves free neighbours
+    everywhere to compensate (incremental quantization, as INQ, Zhou et al., ICLR 2017,
+    quantizes network weights). With one stage, every Gaussian snaps at the start of its half.
+    `num`: N, needed with more than one stage.
+    """
     steps = config.steps
     q = config.qat_steps_used if quantized else 0
     if q == 0:
         return QatSchedule(*(jnp.asarray(steps, jnp.int32),) * 2)
-    start = steps - q
-    return QatSchedule(positions=jnp.asarray(start, jnp.int32),
-                       geometry=jnp.asarray(start + q // 2, jnp.int32))
+    start, half, stages = steps - q, q // 2, config.qat_stages_used
+    if stages == 1:
+        return QatSchedule(positions=jnp.asarray(start, jnp.int32),
+                           geometry=jnp.asarray(start + half, jnp.int32))
+    if num is None:
+        raise ValueError(f"qat_schedule with qat_stages={stages} needs num (N)")
+    rank = np.asarray(jax.random.permutation(jax.random.PRNGKey(0), num), np.int64)
+    stage = rank * stages // max(num, 1)
+    offsets = [stage * (length // stages) for length in (half, q - half)]
+    return QatSchedule(positions=jnp.asarray(start + offsets[0], jnp.int32)[:, None],
+                       geometry=jnp.asarray(start + half + offsets[1], jnp.int32)[:, None])
 
 
 def snap(params: P.GaussianParams, qgrid: Grid, height: int, width: int, positions=True,
@@ -324,8 +344,8 @@ class FixedQuantizer:
 # (how long, how it is chunked, evaluated and saved, how failures are retried) without
 # changing what one step computes. The result equals the uninterrupted run's bit for bit
 # when chunk_steps, eval_every and checkpoint_every are unchanged too.
-_RESUMABLE_CHANGES = ("steps", "qat_steps", "chunk_steps", "eval_every", "checkpoint_every",
-                      "backend", "max_retries", "retry_lr_factor", "devices")
+_RESUMABLE_CHANGES = ("steps", "qat_steps", "qat_stages", "chunk_steps", "eval_every",
+                      "checkpoint_every", "backend", "max_retries", "retry_lr_factor", "devices")
 
 
 # The layout of the optimizer state in checkpoints. 2: one direction (Adam/Adan) over all
@@ -396,9 +416,10 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
     below plain rounding, both in long runs and in short ones. What works is incremental
     quantization: groups are snapped to the file's grid and frozen one after the other while
     the rest keep training and compensate (measured on a converged 256^2 crop at CR 50: 0.29 dB
-    lost by rounding, 0.14 dB after the phase). So the positions are snapped at the start of
-    the phase, the scales and angles half-way, and the colours, which keep training in float
-    until the end, after the last step, on the grid the quantizer's `finish` picks (rate
+    lost by rounding, 0.14 dB after the phase). So the positions are snapped in the first half
+    of the phase, the scales and angles in the second (each in `config.qat_stages_used`
+    stages of a random share of the Gaussians, `qat_schedule`), and the colours, which keep
+    training in float until the end, after the last step, on the grid the quantizer's `finish` picks (rate
     control chooses their step there, for the exact byte budget; `BudgetQuantizer.round`
     then picks their codes for the render, `codec.rounding`). Every update in the phase
     is projected into the quantizer's range. The phase runs in the same compiled chunks as
@@ -450,7 +471,8 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
         time up to the chunk's end, compilation included), "eval": a list of
         {"step", "psnr", "ssim"}, "train_seconds" (chunks only, compilation included),
         "compile_seconds" (first-chunk overhead estimate), "resumed_from" (step or None),
-        "qat_start" (step or None), "quant" (the final QuantSpec as a dict, or None),
+        "qat_start" (step or None), "qat_stages" (`FitConfig.qat_stages_used`, or None),
+        "quant" (the final QuantSpec as a dict, or None),
         "quant_info" (the quantizer's info from plan and finish), "psnr_before_qat" (of the
         float render when the quantizer was planned), "rollbacks" (one dict per retried
         chunk: step, reason, lr_scale), "nonfinite_grads" (one dict per chunk that zeroed
@@ -487,11 +509,13 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
     opt_state = (optimizer if optimizer is not None else make_optimizer(config)).init(params)
     qat = quantizer is not None and config.qat_steps_used > 0
     qat_start = config.steps - config.qat_steps_used if qat else config.steps
-    schedule = qat_schedule(config, qat)
+    schedule = qat_schedule(config, qat, params.num)
     history = {"step": [], "loss": [], "train_psnr": [], "seconds": [], "eval": [],
                "train_seconds": 0.0,
                "compile_seconds": 0.0, "resumed_from": None,
-               "qat_start": qat_start if qat else None, "quant": None, "quant_info": None,
+               "qat_start": qat_start if qat else None,
+               "qat_stages": config.qat_stages_used if qat else None, "quant": None,
+               "quant_info": None,
                "psnr_before_qat": None, "rollbacks": [], "nonfinite_grads": [],
                "backend": None, "devices": 1}
     step = 0
@@ -527,6 +551,12 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                         f"that started at step {rec_hist.get('qat_start')}; this config starts "
                         f"it at {history['qat_start']}: resume with the same steps and "
                         f"qat_steps, or {_START_OVER}")
+                if rec_hist.get("quant") and rec_hist.get("qat_stages", 1) != history["qat_stages"]:
+                    raise ValueError(
+                        f"{ckpt_dir}: the checkpoint is inside the quantization-aware phase, "
+                        f"which snaps in {rec_hist.get('qat_stages', 1)} stage(s); this config "
+                        f"in {history['qat_stages']}: resume with the same qat_stages, or "
+                        f"{_START_OVER}")
 
             loaded = load_latest(ckpt_dir, (params, opt_state), accept=accept)
             if loaded is not None:
@@ -534,7 +564,9 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                 for why in skipped:
                     reporter.message(f"skipped an unreadable checkpoint: {why}")
                 step = int(record["step"])
-                history = {**history, **record["history"]}
+                # This config's phase (the same as the checkpoint's when inside it, `accept`).
+                phase = {k: history[k] for k in ("qat_start", "qat_stages")}
+                history = {**history, **record["history"], **phase}
                 # Checkpoints from before "seconds" was kept: unknown times for those chunks.
                 history["seconds"] = ([math.nan] * (len(history["step"]) - len(history["seconds"]))
                                       + list(history["seconds"]))
