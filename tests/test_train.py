@@ -299,6 +299,7 @@ def test_quantization_aware_stages_snap_a_random_share_at_a_time(small_photo, tm
     np.testing.assert_array_equal(pos, np.asarray(again.positions)[:, 0])
     assert np.corrcoef(pos, np.arange(p0.num))[0, 1] < 0.3  # not by row (init order)
     params, hist = fit(img, p0, cfg, workdir=tmp_path, progress=False, quantizer=quantizer)
+    compiled = _run_chunk._cache_size()
     g = codec.grid(codec.QuantSpec.from_record(hist["quant"]))
     template = (p0, make_optimizer(cfg).init(p0))
 
@@ -335,6 +336,7 @@ def test_quantization_aware_stages_snap_a_random_share_at_a_time(small_photo, tm
     _, one = fit(img, p0, dataclasses.replace(cfg, qat_stages=1), workdir=tmp_path,
                  progress=False, quantizer=quantizer)
     assert one["resumed_from"] == 15 and one["qat_stages"] == 1
+    assert _run_chunk._cache_size() == compiled  # one compiled step for any stages
 
 
 def test_resume_inside_the_quantization_aware_phase(small_photo, tmp_path):

@@ -162,7 +162,7 @@ class QatSchedule(NamedTuple):
 
 def qat_schedule(config: FitConfig, quantized: bool, num: int | None = None) -> QatSchedule:
     """The schedule of `config.qat_steps_used` quantization-aware steps at the end of the run,
-    or none (scalars).
+    or none (every group reaches the grid at the last step, i.e. never).
 
     The positions reach the grid in the first half of the phase and the scales and angles in
     the second, each in `config.qat_stages_used` stages spread evenly over its half (stage k
@@ -172,20 +172,27 @@ def qat_schedule(config: FitConfig, quantized: bool, num: int | None = None) -> 
     has the same schedule): snapping a random share at a time leaves free neighbours
     everywhere to compensate (incremental quantization, as INQ, Zhou et al., ICLR 2017,
     quantizes network weights). With one stage, every Gaussian snaps at the start of its half.
-    `num`: N, needed with more than one stage.
+
+    `num`: N. Given, the steps are [N, 1] arrays whatever the stages (so that runs with one
+    stage and with several share one compiled training step); None: scalars, which allow one
+    stage only.
     """
     steps = config.steps
     q = config.qat_steps_used if quantized else 0
-    if q == 0:
-        return QatSchedule(*(jnp.asarray(steps, jnp.int32),) * 2)
-    start, half, stages = steps - q, q // 2, config.qat_stages_used
-    if stages == 1:
-        return QatSchedule(positions=jnp.asarray(start, jnp.int32),
-                           geometry=jnp.asarray(start + half, jnp.int32))
+    start, half = steps - q, q // 2
+    stages = config.qat_stages_used if q else 1
     if num is None:
-        raise ValueError(f"qat_schedule with qat_stages={stages} needs num (N)")
-    rank = np.asarray(jax.random.permutation(jax.random.PRNGKey(0), num), np.int64)
-    stage = rank * stages // max(num, 1)
+        if stages > 1:
+            raise ValueError(f"qat_schedule with qat_stages={stages} needs num (N)")
+        return QatSchedule(positions=jnp.asarray(start if q else steps, jnp.int32),
+                           geometry=jnp.asarray(start + half if q else steps, jnp.int32))
+    if q == 0:
+        never = jnp.full((num, 1), steps, jnp.int32)
+        return QatSchedule(never, never)
+    stage = np.zeros(num, np.int64)
+    if stages > 1:
+        rank = np.asarray(jax.random.permutation(jax.random.PRNGKey(0), num), np.int64)
+        stage = rank * stages // num
     offsets = [stage * (length // stages) for length in (half, q - half)]
     return QatSchedule(positions=jnp.asarray(start + offsets[0], jnp.int32)[:, None],
                        geometry=jnp.asarray(start + half + offsets[1], jnp.int32)[:, None])
