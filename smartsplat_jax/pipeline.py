@@ -137,8 +137,7 @@ def _encode_and_decode(image, params: P.GaussianParams, history: dict, config: F
     info = {"psnr_float": psnr_float,
             "qat_steps": (config.steps - history["qat_start"]
                           if history.get("qat_start") is not None else 0),
-            "qat_stages": (config.qat_stages_used
-                           if history.get("qat_start") is not None else 0),
+            "qat_stages": history.get("qat_stages") or 0,
             "actual_cr": 3 * h * w / len(data), "bytes_per_gaussian": len(data) / params.num,
             "decode_seconds": time.perf_counter() - t0, **enc}
     return data, rendered, info

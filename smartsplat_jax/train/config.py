@@ -163,9 +163,10 @@ def default_qat_stages(qat_steps: int) -> int:
     Measured (CPU, SmartSplat at CR 50, 20,000 steps resumed from the same step-19,500
     checkpoint, decoded PSNR with one stage -> four in the 400-step phase): 256^2 crops of
     camp 39.69 -> 39.79 dB and CLIC2020_5 31.03 -> 31.05 dB, a 384^2 telephone crop 35.18 ->
-    35.21 dB, a 128^2 satellite crop 36.38 -> 36.39 dB. A 200-step phase in two stages (another random split): camp 39.69 -> 39.76,
-    satellite 36.36 -> 36.38 dB. A 20-step phase (a 1,000-step run) in four stages of 2-3
-    steps lost 0.04 dB on the demo photo, hence one stage there.
+    35.21 dB, a 128^2 satellite crop 36.38 -> 36.39 dB. A 200-step phase in two stages
+    (another random split): camp 39.69 -> 39.76, satellite 36.36 -> 36.38 dB. A 20-step phase
+    (a 1,000-step run) in four stages of 2-3 steps lost 0.04 dB on the demo photo, hence one
+    stage there.
     """
     return max(1, min(4, (qat_steps // 2) // 50))
 

@@ -160,9 +160,11 @@ class QatSchedule(NamedTuple):
     geometry: jax.Array
 
 
-def qat_schedule(config: FitConfig, quantized: bool, num: int | None = None) -> QatSchedule:
+def qat_schedule(config: FitConfig, quantized: bool, num: int) -> QatSchedule:
     """The schedule of `config.qat_steps_used` quantization-aware steps at the end of the run,
-    or none (every group reaches the grid at the last step, i.e. never).
+    or none (every group reaches the grid at the last step, i.e. never), for N = `num`
+    Gaussians: [N, 1] steps whatever the stages, so that runs with one stage and with several
+    share one compiled training step.
 
     The positions reach the grid in the first half of the phase and the scales and angles in
     the second, each in `config.qat_stages_used` stages spread evenly over its half (stage k
@@ -172,23 +174,13 @@ def qat_schedule(config: FitConfig, quantized: bool, num: int | None = None) -> 
     has the same schedule): snapping a random share at a time leaves free neighbours
     everywhere to compensate (incremental quantization, as INQ, Zhou et al., ICLR 2017,
     quantizes network weights). With one stage, every Gaussian snaps at the start of its half.
-
-    `num`: N. Given, the steps are [N, 1] arrays whatever the stages (so that runs with one
-    stage and with several share one compiled training step); None: scalars, which allow one
-    stage only.
     """
     steps = config.steps
     q = config.qat_steps_used if quantized else 0
-    start, half = steps - q, q // 2
-    stages = config.qat_stages_used if q else 1
-    if num is None:
-        if stages > 1:
-            raise ValueError(f"qat_schedule with qat_stages={stages} needs num (N)")
-        return QatSchedule(positions=jnp.asarray(start if q else steps, jnp.int32),
-                           geometry=jnp.asarray(start + half if q else steps, jnp.int32))
     if q == 0:
         never = jnp.full((num, 1), steps, jnp.int32)
         return QatSchedule(never, never)
+    start, half, stages = steps - q, q // 2, config.qat_stages_used
     stage = np.zeros(num, np.int64)
     if stages > 1:
         rank = np.asarray(jax.random.permutation(jax.random.PRNGKey(0), num), np.int64)
@@ -426,12 +418,12 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
     lost by rounding, 0.14 dB after the phase). So the positions are snapped in the first half
     of the phase, the scales and angles in the second (each in `config.qat_stages_used`
     stages of a random share of the Gaussians, `qat_schedule`), and the colours, which keep
-    training in float until the end, after the last step, on the grid the quantizer's `finish` picks (rate
-    control chooses their step there, for the exact byte budget; `BudgetQuantizer.round`
-    then picks their codes for the render, `codec.rounding`). Every update in the phase
-    is projected into the quantizer's range. The phase runs in the same compiled chunks as
-    the rest of training (its schedule and grid are traced), with the optimizer state
-    carried over.
+    training in float until the end, after the last step, on the grid the quantizer's
+    `finish` picks (rate control chooses their step there, for the exact byte budget;
+    `BudgetQuantizer.round` then picks their codes for the render, `codec.rounding`). Every
+    update of a snapped group is projected into the quantizer's range. The phase runs in the
+    same compiled chunks as the rest of training (its schedule and grid are traced), with the
+    optimizer state carried over.
 
     Failures (see the module docstring): non-finite gradients are zeroed, non-finite chunks
     are rolled back and retried at smaller steps, and only then `TrainingDiverged` is
@@ -552,18 +544,15 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                         f"{ckpt_dir} holds checkpoints of another run (differs in: "
                         f"{', '.join(diff)}); use another workdir, or {_START_OVER}")
                 rec_hist = record.get("history") or {}
-                if rec_hist.get("quant") and rec_hist.get("qat_start") != history["qat_start"]:
+                was = (rec_hist.get("qat_start"), rec_hist.get("qat_stages", 1))
+                if rec_hist.get("quant") and was != (history["qat_start"],
+                                                     history["qat_stages"]):
                     raise ValueError(
                         f"{ckpt_dir}: the checkpoint is inside the quantization-aware phase "
-                        f"that started at step {rec_hist.get('qat_start')}; this config starts "
-                        f"it at {history['qat_start']}: resume with the same steps and "
-                        f"qat_steps, or {_START_OVER}")
-                if rec_hist.get("quant") and rec_hist.get("qat_stages", 1) != history["qat_stages"]:
-                    raise ValueError(
-                        f"{ckpt_dir}: the checkpoint is inside the quantization-aware phase, "
-                        f"which snaps in {rec_hist.get('qat_stages', 1)} stage(s); this config "
-                        f"in {history['qat_stages']}: resume with the same qat_stages, or "
-                        f"{_START_OVER}")
+                        f"that started at step {was[0]} and snaps in {was[1]} stage(s); this "
+                        f"config starts it at {history['qat_start']} in "
+                        f"{history['qat_stages']}: resume with the same steps, qat_steps and "
+                        f"qat_stages, or {_START_OVER}")
 
             loaded = load_latest(ckpt_dir, (params, opt_state), accept=accept)
             if loaded is not None:
