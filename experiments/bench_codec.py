@@ -45,9 +45,9 @@ _FLOAT_REF = flags.DEFINE_bool("float_reference", False,
 _OUT = flags.DEFINE_string("out_dir", "results/bench_codec", "Output folder.")
 
 _QUALITIES = (2, 5, 10, 20, 30, 45, 60, 75, 90)
-COLUMNS = ("image", "size", "cr", "steps", "num_gaussians", "file_bytes", "budget_used",
-           "bytes_per_gaussian", "psnr_float", "psnr_float_ref", "psnr", "drop", "ssim",
-           "ms_ssim", "jpeg_psnr", "webp_psnr", "avif_psnr", "encode_s", "decode_s",
+COLUMNS = ("image", "size", "cr", "steps", "num_gaussians", "file_gaussians", "file_bytes",
+           "budget_used", "bytes_per_gaussian", "psnr_float", "psnr_float_ref", "psnr", "drop",
+           "ssim", "ms_ssim", "jpeg_psnr", "webp_psnr", "avif_psnr", "encode_s", "decode_s",
            "train_s", "rollbacks", "nonfinite_grad_chunks")
 
 
@@ -93,7 +93,7 @@ def run_cell(image_path: str, cr: float, out: Path) -> dict:
     decode_s = time.perf_counter() - t0
     row = {"image": os.path.basename(image_path), "size": f"{w}x{h}", "cr": cr,
            "steps": _STEPS.value, "num_gaussians": m["num_gaussians"],
-           "file_bytes": m["file_bytes"], "budget_bytes": m["budget_bytes"],
+           "file_gaussians": m.get("file_gaussians"), "file_bytes": m["file_bytes"], "budget_bytes": m["budget_bytes"],
            "budget_used": m["budget_used"], "bpp": 8 * m["file_bytes"] / (h * w),
            "bytes_per_gaussian": m["bytes_per_gaussian"], "psnr_float": m["psnr_float"],
            "psnr": m["psnr"], "drop": m["psnr_float"] - m["psnr"], "ssim": m["ssim"],

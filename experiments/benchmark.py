@@ -67,7 +67,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-
 _CELL = flags.DEFINE_string("cell", None, "Internal: run one cell described by this JSON in "
                             "this process and print its metrics as JSON.")
 
-COLUMNS = ("image", "cr", "method", "steps", "num_gaussians", "file_bytes", "bytes_per_gaussian",
+COLUMNS = ("image", "cr", "method", "steps", "num_gaussians", "file_gaussians", "file_bytes",
+           "bytes_per_gaussian",
            "actual_cr", "psnr", "ssim", "ms_ssim", "psnr_float", "quant_drop", "decode_seconds",
            "init_psnr", "train_seconds", "it_per_s", "s_per_step", "peak_rss_gib",
            "device_peak_gib", "device")

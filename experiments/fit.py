@@ -104,8 +104,9 @@ def main(argv):
         print(f"gaussians=auto chose N={search['n']} (paper {search['n_paper']}) from "
               f"{len(search['trials'])} pilots of {search['pilot_steps']} steps ({tried})")
     over = "" if result["fits_budget"] else " (over budget: the image is too small for this CR)"
-    print(f"file: {result['file_bytes']} bytes, {result['bytes_per_gaussian']:.2f} B/Gaussian, "
-          f"real CR {result['actual_cr']:.2f}{over}")
+    print(f"file: {result['file_bytes']} bytes, {result['file_gaussians']} Gaussians "
+          f"({result['num_gaussians'] - result['file_gaussians']} invisible ones left out), "
+          f"{result['bytes_per_gaussian']:.2f} B/Gaussian, real CR {result['actual_cr']:.2f}{over}")
     print(f"outputs in {os.path.abspath(c.workdir)}: image.ssplat, recon.png, metrics.json, "
           "curve.png, params.npz, init_*.png")
 

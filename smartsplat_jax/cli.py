@@ -155,7 +155,9 @@ def _compress(args) -> int:
     note = "" if r["fits_budget"] else (
         f" (over the {r['budget_bytes']}-byte budget even at the coarsest quantization)")
     resumed = "" if r["resumed_from"] is None else f" (resumed from step {r['resumed_from']})"
-    print(f"{args.output}: {r['width']}x{r['height']}, N={r['num_gaussians']}, "
+    kept = ("" if r["file_gaussians"] == r["num_gaussians"] else
+            f" ({r['file_gaussians']} in the file, the rest invisible)")
+    print(f"{args.output}: {r['width']}x{r['height']}, N={r['num_gaussians']}{kept}, "
           f"{r['file_bytes']} bytes ({r['bytes_per_gaussian']:.2f} B/Gaussian), real CR "
           f"{r['actual_cr']:.2f}{note}; PSNR {r['psnr']:.2f} dB (float {r['psnr_float']:.2f}); "
           f"{r['seconds']:.1f} s{resumed}")

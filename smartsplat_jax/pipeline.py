@@ -11,7 +11,9 @@ with the rate control of `codec.rate.BudgetQuantizer`), encodes the file and wri
   recon.png        the decoded file rendered at full resolution (what a user gets), 8-bit PNG
   params.npz       the trained raw parameters (+ height, width): after quantization-aware
                    training they lie on the file's grid, so they render as the file does
-  metrics.json     psnr, ssim, ms_ssim, num_gaussians, steps, train_seconds, height, width,
+  metrics.json     psnr, ssim, ms_ssim, num_gaussians (trained), file_gaussians (in the file:
+                   those the render does not need are left out, `codec.prune`), steps,
+                   train_seconds, height, width,
                    cr, method, backend, device, jax_version, and more (see `run_fit`);
                    strict JSON: an infinite PSNR (an exact reconstruction, "lossless": true)
                    is null
@@ -42,6 +44,7 @@ from smartsplat_jax import codec
 from smartsplat_jax import io as sio
 from smartsplat_jax import metrics
 from smartsplat_jax import params as P
+from smartsplat_jax.codec.prune import MAX_MSE, prune
 from smartsplat_jax.codec.quantize import QuantSpec
 from smartsplat_jax.codec.rate import (BudgetQuantizer, byte_budget, fit_budget,
                                        gaussians_for_budget)
@@ -59,31 +62,38 @@ __all__ = ["run_fit", "compress_image", "encode_trained", "decompress", "decompr
 
 
 def encode_trained(params: P.GaussianParams, history: dict, height: int, width: int,
-                   budget: int | None, *, backend: str = "auto") -> tuple[bytes, dict]:
+                   budget: int | None, *, backend: str = "auto",
+                   prune_mse: float = MAX_MSE) -> tuple[bytes, dict]:
     """Encodes trained params with the quantizer their training ended with, within the budget.
 
     After quantization-aware training (history["quant"], from `codec.rate.BudgetQuantizer`)
-    the params lie on that grid and the file stores exactly them. Without it, the quantizer
-    is planned now (`BudgetQuantizer.plan` then `finish`) and the params are rounded. If the
-    file is still over the budget, the steps are coarsened one increment at a time
-    (`codec.rate.fit_budget`).
+    the params lie on that grid and the file stores exactly them. Without it, the Gaussians
+    the render does not need are pruned (`codec.prune.prune` with `prune_mse`, as training
+    prunes at the phase's start), the quantizer is planned now (`BudgetQuantizer.plan` then
+    `finish`) and the params are rounded. If the file is still over the budget, the steps
+    are coarsened one increment at a time (`codec.rate.fit_budget`). The file leaves out the
+    Gaussians that add nothing (`codec.format.dropped`).
 
     Returns:
       (data, info): the .ssplat bytes and {"budget_bytes", "file_bytes", "budget_used",
-      "fits_budget", "quant" (the spec as a dict), "quantization_aware", "encode_seconds"}.
+      "fits_budget", "quant" (the spec as a dict), "quantization_aware", "file_gaussians"
+      (N in the file), "encode_seconds"}.
     """
     t0 = time.perf_counter()
     record = history.get("quant")
     if record:
         spec = QuantSpec.from_record(record)
     else:
+        params, _ = prune(params, height, width, prune_mse)
         q = BudgetQuantizer(height, width, budget, backend=backend)
         spec, _ = q.finish(params, q.plan(params)[0])
     spec, data, fits = fit_budget(params, height, width, budget, spec)
     return data, {"budget_bytes": budget, "file_bytes": len(data),
                   "budget_used": None if not budget else len(data) / budget,
                   "fits_budget": fits, "quant": dataclasses.asdict(spec),
-                  "quantization_aware": bool(record), "encode_seconds": time.perf_counter() - t0}
+                  "quantization_aware": bool(record),
+                  "file_gaussians": codec.read_info(data).num_gaussians,
+                  "encode_seconds": time.perf_counter() - t0}
 
 
 def _quantizer(params, height: int, width: int, budget: int, backend: str):
@@ -124,13 +134,14 @@ def _encode_and_decode(image, params: P.GaussianParams, history: dict, config: F
 
     info is `encode_trained`'s plus psnr_float (the float Gaussians before quantization: at
     the start of the quantization-aware phase, or the trained params when there was none),
-    qat_steps, qat_stages (its snapping stages per group), actual_cr, bytes_per_gaussian and
-    decode_seconds (file -> decoded render)."""
+    qat_steps, qat_stages (its snapping stages per group), actual_cr, bytes_per_gaussian (of
+    the file's Gaussians) and decode_seconds (file -> decoded render)."""
     h, w = int(image.shape[0]), int(image.shape[1])
     psnr_float = history.get("psnr_before_qat")
     if psnr_float is None:
         psnr_float = metrics.psnr(render(params, h, w, backend=backend), image)
-    data, enc = encode_trained(params, history, h, w, budget, backend=backend)
+    data, enc = encode_trained(params, history, h, w, budget, backend=backend,
+                               prune_mse=config.prune_mse)
     t0 = time.perf_counter()
     decoded, _, _ = codec.decode(data)
     rendered = np.asarray(render(decoded, h, w, backend=backend))
@@ -138,7 +149,8 @@ def _encode_and_decode(image, params: P.GaussianParams, history: dict, config: F
             "qat_steps": (config.steps - history["qat_start"]
                           if history.get("qat_start") is not None else 0),
             "qat_stages": history.get("qat_stages") or 0,
-            "actual_cr": 3 * h * w / len(data), "bytes_per_gaussian": len(data) / params.num,
+            "actual_cr": 3 * h * w / len(data),
+            "bytes_per_gaussian": len(data) / enc["file_gaussians"],
             "decode_seconds": time.perf_counter() - t0, **enc}
     return data, rendered, info
 
@@ -366,7 +378,7 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
 
     Returns:
       (data, result): the file's bytes and a dict with height, width, num_gaussians,
-      file_bytes, actual_cr, psnr (of the decoded file), psnr_float, timings, resumed_from,
+      file_gaussians, file_bytes, actual_cr, psnr (of the decoded file), psnr_float, timings, resumed_from,
       rollbacks and diverged (None, or the `TrainingDiverged` whose last good parameters
       `data` encodes).
     """

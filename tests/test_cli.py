@@ -36,7 +36,9 @@ def test_compress_writes_a_file_within_budget(compressed, capsys):
     data = out.read_bytes()
     assert 0.97 * (3 * h * w // 12) <= len(data) <= 3 * h * w / 12
     info = codec.read_info(data)
-    assert (info.height, info.width, info.num_gaussians) == (h, w, P.num_gaussians(h, w, 12))
+    assert (info.height, info.width) == (h, w)
+    # N Gaussians trained; the file leaves out those the render does not need (codec.prune).
+    assert 0.5 * P.num_gaussians(h, w, 12) < info.num_gaussians <= P.num_gaussians(h, w, 12)
     params, _, _ = codec.decode(data)
     assert metrics.psnr(render(params, h, w), img) > 15  # 30 steps; the init is ~11 dB
 

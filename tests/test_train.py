@@ -416,7 +416,9 @@ def test_fit_launcher_end_to_end(small_photo, tmp_path):
     assert m["actual_cr"] == pytest.approx(3 * h * w / len(data))
     assert m["qat_steps"] == 10  # the default: 2 % of the steps, at least 20, at most half
     decoded, dh, dw = codec.decode(data)
-    assert (dh, dw) == (h, w) and decoded.num == params.num
+    # The file holds the Gaussians the render draws (codec.prune), and says how many.
+    assert (dh, dw) == (h, w) and decoded.num == m["file_gaussians"] <= params.num
+    assert m["bytes_per_gaussian"] == pytest.approx(len(data) / decoded.num)
     rendered = render(decoded, h, w)  # what the user gets
     assert m["psnr"] == pytest.approx(metrics.psnr(rendered, img), abs=1e-6)
     assert m["ssim"] == pytest.approx(metrics.ssim(rendered, img), abs=1e-6)

@@ -320,6 +320,7 @@ def test_a_killed_run_resumes_losing_at_most_one_interval(photo, tmp_path, tool,
                            timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resumed from step {saved}" in again.stdout + again.stderr
-    assert output.is_file() and codec.read_info(output.read_bytes()).num_gaussians == photo[2]
+    # N trained; the file leaves out the Gaussians the render does not draw (codec.prune).
+    assert output.is_file() and 0 < codec.read_info(output.read_bytes()).num_gaussians <= photo[2]
     if tool == "compress":
         assert not ckpt_dir.parent.exists()  # removed after success

@@ -7,7 +7,8 @@
 `quantize` is the one quantizer (jax; the encoder, the decoder and quantization-aware training
 all use it), `entropy` the range coder and its adaptive models, `format` the byte layout and
 the decoder's limits, `rate` the choice of steps and of N for a byte budget, `rounding` the
-choice of the colours' codes on a grid (compensated rounding).
+choice of the colours' codes on a grid (compensated rounding), `prune` the Gaussians a file
+can leave out.
 """
 
 from smartsplat_jax.codec.format import (MAGIC, MAX_GAUSSIANS, MAX_SIDE, VERSION, CodecError,

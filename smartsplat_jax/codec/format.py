@@ -30,7 +30,9 @@ the origin), then, stream by stream:
      (N >= 2**24: the rank's high part uniform, its low 12 bits raw); the ranks must be a
      permutation of 0..N-1. Additive files need no order (a sum does not depend on it).
 The adaptive models learn from what was already decoded (`entropy.AdaptiveModel`): nothing
-about them is stored.
+about them is stored. The encoder leaves out the Gaussians that add exactly nothing once
+quantized (`dropped`: opacity 0, or colour 0 in an additive set; `codec.prune`), so N counts
+the stored Gaussians only; the layout is the same.
 
 Limits (checked before anything is allocated; a file outside them is rejected):
   1 <= height, width <= 65,536; 1 <= N <= min(height * width, 2**25); quantizer fields as in
@@ -60,7 +62,7 @@ from smartsplat_jax.codec.quantize import (Codes, QuantSpec, angle_levels_table,
                                            dequantize, grid, position_box, quantize)
 
 __all__ = ["MAGIC", "VERSION", "MAX_SIDE", "MAX_GAUSSIANS", "CodecError", "FileInfo", "encode",
-           "encode_codes", "decode", "read_info", "morton_encode", "morton_decode",
+           "encode_codes", "dropped", "decode", "read_info", "morton_encode", "morton_decode",
            "header_bytes"]
 
 MAGIC = b"SSPL"
@@ -283,7 +285,9 @@ def encode(params: P.GaussianParams, height: int, width: int, *,
     Returns:
       The file's bytes. `decode` of them gives `dequantize(quantize(params, grid(spec)))`
       with the Gaussians in Morton order and the major axis first; for a set with
-      `blend=True`, in the params' own row (depth) order and with `blend=True`.
+      `blend=True`, in the params' own row (depth) order and with `blend=True`. The
+      Gaussians that add exactly nothing once quantized (`dropped`) are left out, all but
+      one if none adds anything: the decoded render is the same, with N' <= N Gaussians.
     """
     P._check_size(height, width)
     params = params.validate()
@@ -294,8 +298,32 @@ def encode(params: P.GaussianParams, height: int, width: int, *,
         raise ValueError(f"N={n} Gaussians must be in [1, {min(MAX_GAUSSIANS, height * width)}]"
                          f" for a {height}x{width} image")
     spec = (spec or choose_spec(params, height, width)).check()
-    codes = _quantize_jit(params, grid(spec), height, width)
-    return encode_codes(codes, spec, height, width, blend=params.blend)
+    codes = _host_codes(_quantize_jit(params, grid(spec), height, width))
+    gone = dropped(codes, spec, params.blend)
+    if gone.any():
+        gone[np.argmin(gone)] = False  # a file holds at least one Gaussian
+        codes = {k: v[~gone] for k, v in codes.items()}
+    return encode_codes(Codes(**codes), spec, height, width, blend=params.blend)
+
+
+def dropped(codes, spec: QuantSpec, blend: bool = False) -> np.ndarray:
+    """[N] bool: the Gaussians that add exactly nothing once quantized, which `encode` leaves
+    out (`codec.prune`): an opacity code that decodes to 0, or, in an additive set, colour
+    codes that all decode to 0 (a blended set's black Gaussian still occludes).
+
+    Args:
+      codes: `quantize`'s codes (a `Codes` or a dict of its fields).
+      spec: the quantizer of the codes.
+      blend: the set is alpha-blended.
+    """
+    c = codes._asdict() if isinstance(codes, Codes) else codes
+    color = np.asarray(c["color"], np.int64) + np.asarray(spec.color_lo, np.int64)
+    out = np.zeros(color.shape[0], bool)
+    if spec.opacity_levels:
+        out |= np.asarray(c["opacity"], np.int64) + spec.opacity_lo == 0
+    if not blend:
+        out |= np.all(color == 0, axis=-1)
+    return out
 
 
 _quantize_jit = jax.jit(quantize, static_argnums=(2, 3))

@@ -294,7 +294,9 @@ def choose_spec(params: P.GaussianParams, height: int, width: int, *, pos_exp: i
 
     The ranges are the data's (after the canonical axis order and the colour transform),
     limited to the scale limits and the colour box, rounded outwards to whole steps; level
-    counts above MAX_LEVELS are refused (use a coarser step).
+    counts above MAX_LEVELS are refused (use a coarser step). The scales of Gaussians that
+    add nothing (`codec.prune.absent`: the file leaves them out) do not widen their range;
+    their zero colours and opacities are in theirs, so that they decode to zero.
 
     Raises:
       ValueError: a step exponent outside QUANT_LIMITS, or a range needing > MAX_LEVELS codes.
@@ -302,6 +304,11 @@ def choose_spec(params: P.GaussianParams, height: int, width: int, *, pos_exp: i
     P._check_size(height, width)
     ss = step_value(scale_exp)
     s = np.abs(np.asarray(params.scales, np.float64))
+    if params.num:
+        from smartsplat_jax.codec.prune import absent
+
+        live = ~absent(params)
+        s = s[live] if live.any() else s
     slo, shi = scale_limits(height, width)
     with np.errstate(divide="ignore", invalid="ignore"):
         ls = np.clip(np.nan_to_num(np.log2(s), nan=slo), slo, shi) if s.size else np.zeros((0, 2))

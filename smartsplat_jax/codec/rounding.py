@@ -17,7 +17,9 @@ squared difference between the render of the colours and the float render; W is 
 by the unclamped render, W^T by its gradient); then the next, less sensitive group is
 rounded, and so on; the last group is rounded to its nearest codes. S_i is estimated from
 `probes` random probes (Hutchinson's estimate of the diagonal of W^T W).
-Every colour ends on the grid, so the decoder renders exactly these values.
+Every colour ends on the grid, so the decoder renders exactly these values. The Gaussians of an
+additive set that add nothing (`codec.prune.absent`: pruned, colour exactly 0) keep their
+colours, so that the file still leaves them out.
 
 Measured on the 20,000-step sets of a 256x256 photo crop at CR 50 (SmartSplat, N = 561) and
 its 128x128 centre (3DGS, N = 140), with the file's grid (four stages of 20 iterations):
@@ -36,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from smartsplat_jax import params as P
+from smartsplat_jax.codec.prune import absent
 from smartsplat_jax.codec.quantize import Grid, fake_quantize
 
 __all__ = ["STAGES", "CG_ITERATIONS", "PROBES", "schedule", "nearest_round", "compensated_round"]
@@ -95,15 +98,16 @@ def schedule(stages: tuple[float, ...], iterations: int, probes: int, n: int):
 
 
 @functools.partial(jax.jit, static_argnames=("height", "width"))
-def _run(params, qgrid, kinds, counts, key, height, width):
+def _run(params, qgrid, kinds, counts, key, held, height, width):
     """The whole of `compensated_round` for `params` (every attribute but the colours on the
     grid; the colours the float targets) as one scan of the steps `schedule` lists, one
     compiled copy of the rasterizer: (colours [N, 3] before their last rounding, the free
     rows [N, 1] and their CG offset x, the linear errors of nearest and of compensated
-    rounding)."""
+    rounding). `held` [N] bool: rows that keep their target colours (zero) throughout."""
     target = params.colors
     dtype = target.dtype
     n = target.shape[0]
+    held = held[:, None]
 
     def rounded(c):
         return fake_quantize(params.replace(colors=c), qgrid, height, width).colors
@@ -113,7 +117,7 @@ def _run(params, qgrid, kinds, counts, key, height, width):
         # sensitive Gaussians (those already rounded stay where they are).
         folded = colors + free * x
         rank = jnp.argsort(jnp.argsort(-sens, stable=True), stable=True)
-        fixed = (rank < count)[:, None]
+        fixed = (rank < count)[:, None] | held
         start = jnp.where(fixed, rounded(folded), folded)
         return start - target, start, (~fixed).astype(dtype)
 
@@ -152,7 +156,7 @@ def _run(params, qgrid, kinds, counts, key, height, width):
                     .at[1].set(pick(kind == _ERROR_FINAL, err, errs[1]))), None
 
     zeros = jnp.zeros_like(target)
-    init = (target, jnp.ones((n, 1), dtype), zeros, zeros, zeros, jnp.zeros((), dtype),
+    init = (target, (~held).astype(dtype), zeros, zeros, zeros, jnp.zeros((), dtype),
             jnp.zeros((n,), dtype), jnp.zeros((height, width, 3), dtype),
             jnp.zeros((2,), dtype))
     keys = jax.random.split(key, kinds.shape[0])
@@ -191,8 +195,10 @@ def compensated_round(params: P.GaussianParams, qgrid: Grid, height: int, width:
     if params.num == 0:
         return q, {"mse_nearest": 0.0, "mse_compensated": 0.0}
     kinds, counts = schedule(tuple(stages), iterations, probes, params.num)
+    # Pruned Gaussians (`codec.prune`: colour exactly 0, out of the file) stay so.
+    held = jnp.asarray(absent(params) if not params.blend else np.zeros(params.num, bool))
     colors, errs = _run(q.replace(colors=params.colors), qgrid, jnp.asarray(kinds),
-                        jnp.asarray(counts), jax.random.key(0) if key is None else key,
+                        jnp.asarray(counts), jax.random.key(0) if key is None else key, held,
                         height, width)
     errs = [float(e) for e in np.asarray(errs)]
     if not all(np.isfinite(errs)) or not bool(jnp.all(jnp.isfinite(colors))):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from smartsplat_jax.codec.prune import MAX_MSE
+
 __all__ = ["METHODS", "FitConfig", "config_for_method", "default_qat_steps",
            "default_qat_stages"]
 
@@ -42,6 +44,10 @@ class FitConfig:
         Gaussians still free compensate those already snapped (`train.loop.qat_schedule`);
         None: `default_qat_stages(qat_steps_used)`.
       qat_lr_scale: factor on every learning rate during the quantization-aware steps.
+      prune_mse: at the start of the quantization-aware phase, the Gaussians of an additive
+        set whose removal moves the render by a mean squared amount of at most this much (a
+        bound) get colour 0 and stay frozen; the file leaves them out and spends their bytes
+        on the rest (`codec.prune`; default `codec.prune.MAX_MSE`). 0: none.
       color_bounds: (lo, hi): after every update the colours are projected into this RGB box,
         so that none drifts beyond what the codec stores (`codec.quantize.COLOR_BOX`, which
         it must lie within); None: no projection.
@@ -72,6 +78,7 @@ class FitConfig:
     qat_steps: int | None = None
     qat_stages: int | None = None
     qat_lr_scale: float = 1.0
+    prune_mse: float = MAX_MSE
     color_bounds: tuple[float, float] | None = (-1.0, 2.0)
     max_retries: int = 3
     retry_lr_factor: float = 0.25
@@ -131,6 +138,10 @@ class FitConfig:
         v = self.retry_lr_factor
         if not (isinstance(v, (int, float)) and 0 < v < 1):
             raise ValueError(f"retry_lr_factor={v!r} must be a number in (0, 1)")
+        v = self.prune_mse
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v)
+                                       and v >= 0):
+            raise ValueError(f"prune_mse={v!r} must be a finite number >= 0 (0: prune nothing)")
         v = self.qat_lr_scale
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise ValueError(f"qat_lr_scale={v!r} must be a finite number > 0")

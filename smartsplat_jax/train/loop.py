@@ -54,6 +54,7 @@ import optax
 from smartsplat_jax import losses
 from smartsplat_jax import metrics
 from smartsplat_jax import params as P
+from smartsplat_jax.codec.prune import prune
 from smartsplat_jax.codec.quantize import Grid, QuantSpec, fake_quantize, grid, project
 from smartsplat_jax.codec.rounding import nearest_round
 from smartsplat_jax.init.smart import check_image
@@ -284,6 +285,10 @@ def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale
             updates = updates.replace(means=keep(on_pos, updates.means),
                                       scales=keep(on_geo, updates.scales),
                                       rotation=keep(on_geo, updates.rotation))
+            if not p.blend:  # pruned at the phase's start (colour 0): frozen, out of the file
+                gone = (t >= jnp.min(schedule.positions)) & jnp.all(p.colors == 0, -1,
+                                                                    keepdims=True)
+                updates = jax.tree_util.tree_map(lambda u: keep(gone, u), updates)
         new_p = _project_colors(optax.apply_updates(p, updates), hyper)
         new_p = _floor_covariance(new_p)
         if qat:
@@ -343,8 +348,9 @@ class FixedQuantizer:
 # (how long, how it is chunked, evaluated and saved, how failures are retried) without
 # changing what one step computes. The result equals the uninterrupted run's bit for bit
 # when chunk_steps, eval_every and checkpoint_every are unchanged too.
-_RESUMABLE_CHANGES = ("steps", "qat_steps", "qat_stages", "chunk_steps", "eval_every",
-                      "checkpoint_every", "backend", "max_retries", "retry_lr_factor", "devices")
+_RESUMABLE_CHANGES = ("steps", "qat_steps", "qat_stages", "prune_mse", "chunk_steps",
+                      "eval_every", "checkpoint_every", "backend", "max_retries",
+                      "retry_lr_factor", "devices")
 
 
 # The layout of the optimizer state in checkpoints. 2: one direction (Adam/Adan) over all
@@ -423,7 +429,9 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
     `BudgetQuantizer.round` then picks their codes for the render, `codec.rounding`). Every
     update of a snapped group is projected into the quantizer's range. The phase runs in the
     same compiled chunks as the rest of training (its schedule and grid are traced), with the
-    optimizer state carried over.
+    optimizer state carried over. At its start, before the quantizer is planned, the
+    Gaussians of an additive set that the render does not need (`config.prune_mse`,
+    `codec.prune`) get colour 0 and stay frozen: the file leaves them out.
 
     Failures (see the module docstring): non-finite gradients are zeroed, non-finite chunks
     are rolled back and retried at smaller steps, and only then `TrainingDiverged` is
@@ -473,7 +481,9 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
         "qat_start" (step or None), "qat_stages" (`FitConfig.qat_stages_used`, or None),
         "quant" (the final QuantSpec as a dict, or None),
         "quant_info" (the quantizer's info from plan and finish), "psnr_before_qat" (of the
-        float render when the quantizer was planned), "rollbacks" (one dict per retried
+        float render when the quantizer was planned), "pruned" (the Gaussians that add
+        nothing from the phase's start on, `codec.prune.prune`; None without the phase),
+        "rollbacks" (one dict per retried
         chunk: step, reason, lr_scale), "nonfinite_grads" (one dict per chunk that zeroed
         non-finite gradients: from, to, and the count per attribute), "backend".
 
@@ -515,7 +525,7 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                "qat_start": qat_start if qat else None,
                "qat_stages": config.qat_stages_used if qat else None, "quant": None,
                "quant_info": None,
-               "psnr_before_qat": None, "rollbacks": [], "nonfinite_grads": [],
+               "psnr_before_qat": None, "pruned": None, "rollbacks": [], "nonfinite_grads": [],
                "backend": None, "devices": 1}
     step = 0
     ckpt_dir = Path(workdir) / "checkpoints" if workdir is not None else None
@@ -611,11 +621,14 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                 # Gaussians training has reached.
                 history["psnr_before_qat"] = metrics.psnr(
                     render(params, h, w, backend=config.backend), img)
+                params, history["pruned"] = prune(params, h, w, config.prune_mse)
                 spec, info = quantizer.plan(params)
                 qgrid = grid(spec.check())
                 history["quant"], history["quant_info"] = spec.record(), dict(info)
+                gone = (f"; {history['pruned']} of {params.num} Gaussians invisible, left out "
+                        "of the file" if history["pruned"] else "")
                 reporter.message(f"quantization-aware from step {qat_start} to {config.steps} "
-                                 f"(planned at step {step}): {spec.describe()}")
+                                 f"(planned at step {step}): {spec.describe()}{gone}")
             t0 = time.perf_counter()
             capacity = pair_capacity(params, h, w) if use_pallas and mesh is None else None
             new_params, new_state, loss, mse, finite, bad_grads = _run_chunk(
