@@ -59,7 +59,8 @@ _QAT = flags.DEFINE_integer("qat_steps", None,
                             "quantizer (default 2 %, 20 to 1,000).")
 
 _TRAIN_FIELDS = ("lambda_l1", "lr_means", "lr_scales", "lr_colors", "lr_rotation",
-                 "qat_stages", "chunk_steps", "eval_every", "checkpoint_every", "max_retries")
+                 "qat_stages", "relocate_every", "chunk_steps", "eval_every",
+                 "checkpoint_every", "max_retries")
 
 
 def main(argv):

@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--qat-steps", type=int, default=None,
                    help="how many of the --steps, at the end, train through the file's "
                         "quantizer (default: 2%%, 20 to 1000)")
+    c.add_argument("--relocate-every", type=int, default=0,
+                   help="every this many steps, move the Gaussians training made invisible "
+                        "to where the error is (e.g. 500; default 0: never, the paper's "
+                        "method; smartsplat, random and gaussianimage-rs)")
     c.add_argument("--method", default="smartsplat", choices=METHODS)
     c.add_argument("--backend", default="auto", help="renderer: auto | xla | pallas | reference")
     c.add_argument("--seed", type=int, default=0, help="PRNG seed of the initialization")
@@ -143,7 +147,8 @@ def _compress(args) -> int:
                              gaussians=args.gaussians, auto_pilot_steps=args.auto_pilot_steps,
                              progress=not args.quiet,
                              checkpoint_dir=ckpt, resume=not args.restart,
-                             checkpoint_every=args.checkpoint_every)
+                             checkpoint_every=args.checkpoint_every,
+                             relocate_every=args.relocate_every)
     sio.atomic_write_bytes(args.output, data, overwrite=args.force)
     if r["diverged"] is not None:
         e = r["diverged"]

@@ -44,6 +44,10 @@ class FitConfig:
         Gaussians still free compensate those already snapped (`train.loop.qat_schedule`);
         None: `default_qat_stages(qat_steps_used)`.
       qat_lr_scale: factor on every learning rate during the quantization-aware steps.
+      relocate_every: every this many steps of the float phase (while a whole interval of it
+        is left), the Gaussians training has made invisible are moved to where the render's
+        error is (`train.relocate`; additive `GaussianParams` only). 0: never, the paper's
+        method.
       prune_mse: at the start of the quantization-aware phase, the Gaussians of an additive
         set whose removal moves the render by a mean squared amount of at most this much (a
         bound) get colour 0 and stay frozen; the file leaves them out and spends their bytes
@@ -79,6 +83,7 @@ class FitConfig:
     qat_stages: int | None = None
     qat_lr_scale: float = 1.0
     prune_mse: float = MAX_MSE
+    relocate_every: int = 0
     color_bounds: tuple[float, float] | None = (-1.0, 2.0)
     max_retries: int = 3
     retry_lr_factor: float = 0.25
@@ -116,7 +121,8 @@ class FitConfig:
                                  "integers >= 1 (rows, columns)")
         else:
             positive_int("devices")
-        for name in ("eval_every", "checkpoint_every", "lr_halve_every", "max_retries"):
+        for name in ("eval_every", "checkpoint_every", "lr_halve_every", "max_retries",
+                     "relocate_every"):
             positive_int(name, allow_zero=True)
         if self.loss not in LOSSES:
             raise ValueError(f"loss={self.loss!r} must be one of {', '.join(LOSSES)}")

@@ -63,6 +63,7 @@ from smartsplat_jax.train.checkpoint import (clear_checkpoints, latest_checkpoin
                                              save_checkpoint)
 from smartsplat_jax.train.config import FitConfig
 from smartsplat_jax.train.optim import Hyperparams, hyperparams, make_optimizer
+from smartsplat_jax.train.relocate import relocate, relocates_at
 from smartsplat_jax.train.progress import Progress
 
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "QatSchedule", "FixedQuantizer", "fit",
@@ -315,13 +316,13 @@ def _run_chunk(params, opt_state, image, qgrid, step0, count, schedule, lr_scale
 
 def _next_boundary(step: int, config: FitConfig, qat_start: int | None = None) -> int:
     """The step the chunk from `step` ends at: the next multiple of chunk_steps, evaluation,
-    checkpoint, the end, or the start of the quantization-aware phase (so that the quantizer
-    is planned on the Gaussians of that step and chunks are either float or
+    checkpoint, relocation, the end, or the start of the quantization-aware phase (so that
+    the quantizer is planned on the Gaussians of that step and chunks are either float or
     quantization-aware)."""
     candidates = [config.steps, (step // config.chunk_steps + 1) * config.chunk_steps]
     if qat_start is not None and step < qat_start:
         candidates.append(qat_start)
-    for every in (config.eval_every, config.checkpoint_every):
+    for every in (config.eval_every, config.checkpoint_every, config.relocate_every):
         if every:
             candidates.append((step // every + 1) * every)
     return min(candidates)
@@ -483,6 +484,7 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
         "quant_info" (the quantizer's info from plan and finish), "psnr_before_qat" (of the
         float render when the quantizer was planned), "pruned" (the Gaussians that add
         nothing from the phase's start on, `codec.prune.prune`; None without the phase),
+        "relocated" (one {"step", "moved"} per relocation, `FitConfig.relocate_every`),
         "rollbacks" (one dict per retried
         chunk: step, reason, lr_scale), "nonfinite_grads" (one dict per chunk that zeroed
         non-finite gradients: from, to, and the count per attribute), "backend".
@@ -507,6 +509,10 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                          f"angles), not {type(params).__name__}: train without a quantizer "
                          "and encode params.to_gaussian_params()")
     names = params.leaf_names
+    if config.relocate_every and (not isinstance(params, P.GaussianParams) or params.blend):
+        raise ValueError(f"relocate_every={config.relocate_every} needs an additive set of "
+                         f"GaussianParams, not {type(params).__name__}"
+                         f"{' with blend=True' if params.blend else ''}; use relocate_every=0")
     _check_custom(loss_fn, optimizer, img)
     mesh = _mesh(config, loss_fn, params.blend)
     if loss_fn is not None or optimizer is not None:
@@ -525,7 +531,8 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                "qat_start": qat_start if qat else None,
                "qat_stages": config.qat_stages_used if qat else None, "quant": None,
                "quant_info": None,
-               "psnr_before_qat": None, "pruned": None, "rollbacks": [], "nonfinite_grads": [],
+               "psnr_before_qat": None, "pruned": None, "relocated": [], "rollbacks": [],
+               "nonfinite_grads": [],
                "backend": None, "devices": 1}
     step = 0
     ckpt_dir = Path(workdir) / "checkpoints" if workdir is not None else None
@@ -679,6 +686,14 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
             session_seconds += elapsed
             history["train_seconds"] += elapsed
             step += length
+            if relocates_at(step, config.relocate_every, qat_start):
+                params, opt_state, moved = relocate(
+                    params, opt_state, img, jax.random.fold_in(jax.random.PRNGKey(0), step),
+                    rendered=render(params, h, w, backend=config.backend))
+                history["relocated"].append({"step": step, "moved": moved})
+                if moved:
+                    reporter.message(f"step {step}: {moved} invisible Gaussians relocated to "
+                                     "where the error is")
             if step == config.steps and spec is not None:
                 # The colours' grid, for the exact budget, and every attribute on the file's grid.
                 spec, info = quantizer.finish(params, spec)
