@@ -10,7 +10,8 @@ control; `--gaussians=paper` by default) and reports: the float PSNR before quan
 decoded file's PSNR / SSIM / MS-SSIM and the drop, the file's bytes and the share of the
 budget used, N and bytes per Gaussian, encode and decode times, and each classic codec at (at
 most) the same bytes. With --float_reference it also trains float-only for the same steps
-(the PSNR a float model reaches, for the drop against it). Per image it draws the
+(the PSNR a float model reaches, for the drop against it); --relocate_every trains with
+relocation (`train.relocate`; its cells and rows are kept apart). Per image it draws the
 rate-distortion curves (PSNR and MS-SSIM against bits per pixel; the classic codecs over their
 quality range, SmartSplat at the CRs run) as rd_<image>.png.
 
@@ -36,6 +37,9 @@ _STEPS = flags.DEFINE_integer("steps", 1000, "Training steps per cell.")
 _GAUSSIANS = flags.DEFINE_string("gaussians", "paper", "paper | auto | N (see "
                                  "codec.rate.gaussians_for_budget).")
 _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer backend.")
+_RELOCATE = flags.DEFINE_integer("relocate_every", 0, "Move the Gaussians training made "
+                                 "invisible to where the error is every this many steps "
+                                 "(train.relocate; 0: never, the paper's method).")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
 _CLASSIC = flags.DEFINE_list("classic", ["jpeg", "webp", "avif"], "Classic codecs to compare.")
 _MAX_SIDE = flags.DEFINE_integer("max_side", 0, "Downscale larger images to this long side "
@@ -45,8 +49,8 @@ _FLOAT_REF = flags.DEFINE_bool("float_reference", False,
 _OUT = flags.DEFINE_string("out_dir", "results/bench_codec", "Output folder.")
 
 _QUALITIES = (2, 5, 10, 20, 30, 45, 60, 75, 90)
-COLUMNS = ("image", "size", "cr", "steps", "num_gaussians", "file_gaussians", "file_bytes",
-           "budget_used", "bytes_per_gaussian", "psnr_float", "psnr_float_ref", "psnr", "drop",
+COLUMNS = ("image", "size", "cr", "steps", "relocate_every", "num_gaussians", "file_gaussians",
+           "file_bytes", "budget_used", "bytes_per_gaussian", "psnr_float", "psnr_float_ref", "psnr", "drop",
            "ssim", "ms_ssim", "jpeg_psnr", "webp_psnr", "avif_psnr", "encode_s", "decode_s",
            "train_s", "rollbacks", "nonfinite_grad_chunks")
 
@@ -79,11 +83,13 @@ def run_cell(image_path: str, cr: float, out: Path) -> dict:
     from smartsplat_jax.render import render
 
     gaussians = gaussians_value(_GAUSSIANS.value)
-    cell = out / "cells" / f"{Path(image_path).stem}_cr{cr:g}_{_STEPS.value}"
+    every = _RELOCATE.value
+    cell = out / "cells" / (f"{Path(image_path).stem}_cr{cr:g}_{_STEPS.value}"
+                            + (f"_r{every}" if every else ""))
     m = run_fit(image_path, cell, cr=cr, steps=_STEPS.value, backend=_BACKEND.value,
                 seed=_SEED.value, gaussians=gaussians, resume=True, visualize=False,
                 eval_every=0, checkpoint_every=0, chunk_steps=min(_STEPS.value, 100),
-                progress=False)
+                progress=False, relocate_every=every)
     image = load_image(image_path)
     h, w = image.shape[:2]
     data = (cell / "image.ssplat").read_bytes()
@@ -92,7 +98,8 @@ def run_cell(image_path: str, cr: float, out: Path) -> dict:
     jax.block_until_ready(render(params, h, w, backend=_BACKEND.value))
     decode_s = time.perf_counter() - t0
     row = {"image": os.path.basename(image_path), "size": f"{w}x{h}", "cr": cr,
-           "steps": _STEPS.value, "num_gaussians": m["num_gaussians"],
+           "steps": _STEPS.value, "relocate_every": _RELOCATE.value,
+           "num_gaussians": m["num_gaussians"],
            "file_gaussians": m.get("file_gaussians"), "file_bytes": m["file_bytes"], "budget_bytes": m["budget_bytes"],
            "budget_used": m["budget_used"], "bpp": 8 * m["file_bytes"] / (h * w),
            "bytes_per_gaussian": m["bytes_per_gaussian"], "psnr_float": m["psnr_float"],
@@ -177,7 +184,7 @@ def write_reports(out: Path, rows: list[dict]) -> None:
     for cr in sorted({r["cr"] for r in rows}):
         rs = [r for r in rows if r["cr"] == cr]
         m = {"image": f"mean of {len(rs)}", "cr": cr}
-        for c in COLUMNS[3:]:
+        for c in COLUMNS[3:]:  # from "steps" on
             vals = [r[c] for r in rs if isinstance(r.get(c), (int, float))]
             m[c] = sum(vals) / len(vals) if len(vals) == len(rs) and vals else None
         means.append(m)
@@ -199,8 +206,9 @@ def main(argv):
     for image in images:
         work = _working_image(image, out)
         for cr in crs:
-            key = (os.path.basename(work), cr, _STEPS.value)
-            if any((r["image"], r["cr"], r["steps"]) == key for r in rows):
+            key = (os.path.basename(work), cr, _STEPS.value, _RELOCATE.value)
+            if any((r["image"], r["cr"], r["steps"], r.get("relocate_every", 0)) == key
+                   for r in rows):
                 print(f"skip (done): {key}", flush=True)
                 continue
             print(f"run: {key}", flush=True)

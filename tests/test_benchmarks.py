@@ -140,6 +140,10 @@ def test_bench_codec_writes_rows_and_plots(tmp_path):
         assert im.size[1] > im.size[0] / 2  # two panels
     again = _run(args)
     assert again.returncode == 0 and "skip (done)" in again.stdout
+    relocating = _run(args + ["--relocate_every=2"])  # a row of its own, not a skip
+    assert relocating.returncode == 0 and "skip (done)" not in relocating.stdout
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["cells"]
+    assert [r["relocate_every"] for r in rows] == [0, 2]
 
 
 def test_bench_decode_writes_rows(tmp_path):
