@@ -10,6 +10,7 @@ def get_config():
     c = default.get_config()
     c.steps = 50_000
     c.gaussians = "paper"  # N = floor(3 H W / (7 CR)), as the paper
+    c.relocate_every = 0  # no relocation of invisible Gaussians: the paper's training
     c.eval_every = 5000
     c.checkpoint_every = 5000
     c.chunk_steps = 500
