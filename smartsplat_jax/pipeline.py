@@ -378,9 +378,9 @@ def compress_image(image_path: str | os.PathLike, *, cr: float = 20.0,
 
     Returns:
       (data, result): the file's bytes and a dict with height, width, num_gaussians,
-      file_gaussians, file_bytes, actual_cr, psnr (of the decoded file), psnr_float, timings, resumed_from,
-      rollbacks and diverged (None, or the `TrainingDiverged` whose last good parameters
-      `data` encodes).
+      file_gaussians, file_bytes, actual_cr, psnr (of the decoded file), psnr_float, timings,
+      resumed_from, rollbacks and diverged (None, or the `TrainingDiverged` whose last good
+      parameters `data` encodes).
     """
     from smartsplat_jax.train import config_for_method, initialize
     from smartsplat_jax.train.sharded import mesh_devices

@@ -63,7 +63,7 @@ from smartsplat_jax.train.checkpoint import (clear_checkpoints, latest_checkpoin
                                              save_checkpoint)
 from smartsplat_jax.train.config import FitConfig
 from smartsplat_jax.train.optim import Hyperparams, hyperparams, make_optimizer
-from smartsplat_jax.train.relocate import relocate, relocates_at
+from smartsplat_jax.train.relocate import check_relocatable, relocate, relocates_at
 from smartsplat_jax.train.progress import Progress
 
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "QatSchedule", "FixedQuantizer", "fit",
@@ -509,10 +509,8 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                          f"angles), not {type(params).__name__}: train without a quantizer "
                          "and encode params.to_gaussian_params()")
     names = params.leaf_names
-    if config.relocate_every and (not isinstance(params, P.GaussianParams) or params.blend):
-        raise ValueError(f"relocate_every={config.relocate_every} needs an additive set of "
-                         f"GaussianParams, not {type(params).__name__}"
-                         f"{' with blend=True' if params.blend else ''}; use relocate_every=0")
+    if config.relocate_every:
+        check_relocatable(params, config.relocate_every)
     _check_custom(loss_fn, optimizer, img)
     mesh = _mesh(config, loss_fn, params.blend)
     if loss_fn is not None or optimizer is not None:

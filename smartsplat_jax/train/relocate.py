@@ -34,7 +34,7 @@ from smartsplat_jax import params as P
 from smartsplat_jax.codec.prune import MAX_MSE, invisible
 from smartsplat_jax.init.variational import draw_without_replacement, s_base
 
-__all__ = ["relocates_at", "relocate"]
+__all__ = ["relocates_at", "relocate", "check_relocatable"]
 
 
 def relocates_at(step: int, every: int, stop: int) -> bool:
@@ -42,6 +42,17 @@ def relocates_at(step: int, every: int, stop: int) -> bool:
     interval of float training is left before `stop` (the quantization-aware phase's start,
     or the end)."""
     return every > 0 and step > 0 and step % every == 0 and step + every <= stop
+
+
+def check_relocatable(params, every: int | None = None) -> None:
+    """Raises ValueError unless `params` is an additive set of GaussianParams (SmartSplat's,
+    random's, GaussianImage-RS's, ImageGS*'s), the only kind `relocate` moves; `every`: the
+    `FitConfig.relocate_every` that asks for it, named in the message."""
+    if not isinstance(params, P.GaussianParams) or params.blend:
+        asked = "relocation" if every is None else f"relocate_every={every}"
+        raise ValueError(f"{asked} needs an additive set of GaussianParams, not "
+                         f"{type(params).__name__}{' with blend=True' if params.blend else ''}"
+                         + ("" if every is None else "; use relocate_every=0"))
 
 
 def _reset_rows(state, rows: np.ndarray, n: int):
@@ -75,10 +86,7 @@ def relocate(params: P.GaussianParams, opt_state, image: jax.Array, key: jax.Arr
     Raises:
       ValueError: a blended set or `CholeskyParams` (only additive `GaussianParams` relocate).
     """
-    if not isinstance(params, P.GaussianParams) or params.blend:
-        raise ValueError("relocation needs an additive set of GaussianParams (SmartSplat's, "
-                         f"random's, GaussianImage-RS's), not {type(params).__name__}"
-                         f"{' with blend=True' if getattr(params, 'blend', False) else ''}")
+    check_relocatable(params)
     h, w = int(image.shape[0]), int(image.shape[1])
     n = params.num
     dead = invisible(params, h, w, MAX_MSE) & (np.asarray(params.opacity)[:, 0] > 0)
