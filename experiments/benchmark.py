@@ -23,6 +23,13 @@ processes see. The cells run in child processes, which inherit the environment: 
 process its GPU with CUDA_VISIBLE_DEVICES (SLURM: --gpus-per-task=1). The coordinating
 processes themselves use only the CPU.
 
+--relocate_every=K trains with relocation (`train.relocate`: every K steps the Gaussians
+training made invisible move to where the error is; 0, the default, is the paper's method).
+Only methods whose Gaussians are an additive set relocate (train.relocate.RELOCATABLE_METHODS);
+other methods are refused. Its cells (suffix _r<K>) and rows (column relocate_every) are kept
+apart from the paper's, so one out_dir can hold both, e.g. the baselines at 0 and SmartSplat
+at 500.
+
 Quality columns are those of the decoded .ssplat file (what a user gets); psnr_float is
 before quantization and quant_drop their difference. With --classic=jpeg,webp,avif, each
 (image, CR) also gets rows for those codecs at the same byte size as the first method's file
@@ -47,6 +54,7 @@ from smartsplat_jax import ImageError
 from smartsplat_jax.io import atomic_write_bytes, json_bytes
 from smartsplat_jax.pipeline import run_fit
 from smartsplat_jax.train import METHODS, TrainingDiverged
+from smartsplat_jax.train.relocate import RELOCATABLE_METHODS
 
 _IMAGES = flags.DEFINE_string("images", None, "A folder, or a glob of image files.")
 _CRS = flags.DEFINE_list("crs", ["20"], "Compression ratios.")
@@ -59,6 +67,9 @@ _CLASSIC = flags.DEFINE_list("classic", [], "Classic codecs at equal bytes: jpeg
 _GAUSSIANS = flags.DEFINE_string("gaussians", "paper", "paper | auto | N: how many "
                                  "Gaussians the budget buys (paper: comparable with the "
                                  "paper's tables; auto: pilot fits, gaussian_count).")
+_RELOCATE = flags.DEFINE_integer("relocate_every", 0, "Move the Gaussians training made "
+                                 "invisible to where the error is every this many steps "
+                                 "(train.relocate; 0: never, the paper's method).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator", None, "Multi-process run: HOST:PORT of process 0 (with --num_processes and "
     "--process_id), or 'auto' to let jax.distributed detect the cluster. Default: one process.")
@@ -67,7 +78,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-
 _CELL = flags.DEFINE_string("cell", None, "Internal: run one cell described by this JSON in "
                             "this process and print its metrics as JSON.")
 
-COLUMNS = ("image", "cr", "method", "steps", "num_gaussians", "file_gaussians", "file_bytes",
+COLUMNS = ("image", "cr", "method", "steps", "relocate_every", "num_gaussians", "file_gaussians", "file_bytes",
            "bytes_per_gaussian",
            "actual_cr", "psnr", "ssim", "ms_ssim", "psnr_float", "quant_drop", "decode_seconds",
            "init_psnr", "train_seconds", "it_per_s", "s_per_step", "peak_rss_gib",
@@ -76,7 +87,8 @@ _MEAN_COLUMNS = ("file_bytes", "bytes_per_gaussian", "actual_cr", "psnr", "ssim"
                  "psnr_float", "quant_drop", "decode_seconds", "init_psnr", "train_seconds",
                  "it_per_s", "s_per_step", "peak_rss_gib", "device_peak_gib")
 def _key(r: dict) -> tuple:
-    return (os.path.basename(r["image"]), float(r["cr"]), r["method"], int(r["steps"]))
+    return (os.path.basename(r["image"]), float(r["cr"]), r["method"], int(r["steps"]),
+            int(r.get("relocate_every") or 0))
 
 
 def _fmt(v) -> str:
@@ -88,10 +100,12 @@ def _fmt(v) -> str:
 def _means(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["cr"], r["method"], r["steps"]), []).append(r)
+        groups.setdefault((r["cr"], r["method"], r["steps"], r.get("relocate_every") or 0),
+                          []).append(r)
     out = []
-    for (cr, method, steps), rs in sorted(groups.items()):
-        m = {"image": f"mean of {len(rs)}", "cr": cr, "method": method, "steps": steps}
+    for (cr, method, steps, every), rs in sorted(groups.items()):
+        m = {"image": f"mean of {len(rs)}", "cr": cr, "method": method, "steps": steps,
+             "relocate_every": every}
         for c in _MEAN_COLUMNS:
             vals = [r[c] for r in rs if r.get(c) is not None]
             m[c] = sum(vals) / len(vals) if vals else None
@@ -131,7 +145,7 @@ def classic_rows(image_path: str, cr: float, target: dict, formats: list[str]) -
             continue
         m = measure_at_bytes(image, fmt, target["file_bytes"])
         row = {"image": image_path, "cr": cr, "method": f"{fmt}@equal-bytes", "steps": 0,
-               "quality": m["quality"], "file_bytes": m["file_bytes"]}
+               "relocate_every": 0, "quality": m["quality"], "file_bytes": m["file_bytes"]}
         if m["file_bytes"] is not None:
             row.update(actual_cr=3 * h * w / m["file_bytes"], psnr=m["psnr"], ssim=m["ssim"],
                        ms_ssim=m["ms_ssim"])
@@ -151,7 +165,8 @@ def run_cell(spec: dict) -> dict:
     r = run_fit(spec["image"], spec["workdir"], cr=spec["cr"], method=spec["method"],
                 steps=spec["steps"], backend=spec["backend"], seed=spec["seed"], resume=True,
                 gaussians=gaussians_value(spec["gaussians"]), visualize=False, eval_every=0,
-                checkpoint_every=0, chunk_steps=min(spec["steps"], 100))
+                checkpoint_every=0, chunk_steps=min(spec["steps"], 100),
+                relocate_every=spec.get("relocate_every", 0))
     stats = jax.devices()[0].memory_stats() or {}
     peak = stats.get("peak_bytes_in_use")
     r["device_peak_gib"] = None if peak is None else peak / 2**30
@@ -223,6 +238,14 @@ def main(argv):
     bad = [m for m in _METHODS.value if m not in METHODS]
     if bad:
         sys.exit(f"error: unknown method(s) {bad}; choose from {', '.join(METHODS)}")
+    every = _RELOCATE.value
+    if every < 0:
+        sys.exit(f"error: --relocate_every={every} must be an integer >= 0")
+    fixed = [m for m in _METHODS.value if m not in RELOCATABLE_METHODS]
+    if every and fixed:
+        sys.exit(f"error: --relocate_every={every} needs methods whose Gaussians are an "
+                 f"additive set ({', '.join(RELOCATABLE_METHODS)}), not {', '.join(fixed)}; "
+                 "run those with --relocate_every=0 (into the same --out_dir to compare)")
     index, count = _processes()
     rows = _load_rows(out)
     done = {_key(r) for r in rows}
@@ -243,20 +266,22 @@ def main(argv):
               "(image, CR) groups", flush=True)
     for image, cr in groups[index::count]:
         for method in _METHODS.value:
-            key = (os.path.basename(image), cr, method, _STEPS.value)
+            key = (os.path.basename(image), cr, method, _STEPS.value, every)
             if key in done:
                 print(f"skip (done): {key}")
                 continue
-            cell = out / "cells" / f"{Path(image).stem}_cr{cr:g}_{method}_{_STEPS.value}"
+            cell = out / "cells" / (f"{Path(image).stem}_cr{cr:g}_{method}_{_STEPS.value}"
+                                    + (f"_r{every}" if every else ""))
             print(f"run: {key}", flush=True)
             r, peak, error = _run_child({
                 "image": image, "workdir": str(cell), "cr": cr, "method": method,
                 "steps": _STEPS.value, "backend": _BACKEND.value, "seed": _SEED.value,
-                "gaussians": _GAUSSIANS.value})
+                "gaussians": _GAUSSIANS.value, "relocate_every": every})
             if r is None:
                 print(f"  failed: {error}")
                 continue
             r["peak_rss_gib"] = peak
+            r["relocate_every"] = every
             r["s_per_step"] = None if not r.get("it_per_s") else 1.0 / r["it_per_s"]
             r["quant_drop"] = r["psnr_float"] - r["psnr"]
             rows.append(r)
@@ -266,7 +291,7 @@ def main(argv):
         first = next((r for r in rows if _key(r)[:2] == (os.path.basename(image), cr)
                       and r["method"] in METHODS), None)
         todo = [f for f in _CLASSIC.value
-                if (os.path.basename(image), cr, f"{f}@equal-bytes", 0) not in done]
+                if (os.path.basename(image), cr, f"{f}@equal-bytes", 0, 0) not in done]
         if first is not None and todo:
             for r in classic_rows(image, cr, first, todo):
                 rows.append(r)

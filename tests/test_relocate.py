@@ -12,8 +12,9 @@ from smartsplat_jax.codec import prune as PR
 from smartsplat_jax.init.smart import smart_init
 from smartsplat_jax.init.variational import s_base
 from smartsplat_jax.render import render
-from smartsplat_jax.train import config_for_method, fit
-from smartsplat_jax.train.relocate import relocate, relocates_at
+from smartsplat_jax.train import METHODS, config_for_method, fit, initialize
+from smartsplat_jax.train.relocate import (RELOCATABLE_METHODS, check_relocatable, relocate,
+                                           relocates_at)
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +106,16 @@ def test_relocation_is_refused_where_it_does_not_apply(crop_with_dead):
         fit(img, p.replace(blend=True), cfg, progress=False)
     with pytest.raises(ValueError, match="additive set of GaussianParams"):
         relocate(p.replace(blend=True), None, img, jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_relocatable_methods_are_those_whose_init_relocation_accepts(crop_with_dead, method):
+    # RELOCATABLE_METHODS (the launchers' early refusal) agrees with check_relocatable on
+    # each method's own initialization.
+    img, _ = crop_with_dead
+    params, _ = initialize(method, jax.random.PRNGKey(0), img, 40)
+    if method in RELOCATABLE_METHODS:
+        check_relocatable(params)
+    else:
+        with pytest.raises(ValueError, match="additive set of GaussianParams"):
+            check_relocatable(params)

@@ -500,6 +500,23 @@ def test_benchmark_launcher_resumes(small_photo, tmp_path):
     assert (tmp_path / "results.md").is_file() and (tmp_path / "results.csv").is_file()
     again = _run(args)
     assert again.returncode == 0 and again.stdout.count("skip (done)") == 2
+    # Relocation: a cell and a row of its own beside the paper's (not a skip), and a clear
+    # refusal for a method whose Gaussians it cannot move.
+    relocating = _run(args[:2] + ["--crs=20", "--methods=smartsplat", "--steps=10",
+                                  f"--out_dir={tmp_path}", "--relocate_every=5"])
+    assert relocating.returncode == 0, relocating.stderr[-3000:]
+    assert "skip (done)" not in relocating.stdout
+    data = json.loads((tmp_path / "results.json").read_text())
+    ours = sorted((r["relocate_every"], r["file_bytes"] > 0) for r in data["cells"]
+                  if r["method"] == "smartsplat")
+    assert ours == [(0, True), (5, True)]
+    assert (tmp_path / "cells" / f"{Path(path).stem}_cr20_smartsplat_10_r5").is_dir()
+    assert {(m["method"], m["relocate_every"]) for m in data["means"]} >= {
+        ("smartsplat", 0), ("smartsplat", 5), ("random", 0)}
+    refused = _run(args[:2] + ["--methods=smartsplat,lig", "--relocate_every=5",
+                               f"--out_dir={tmp_path}"])
+    assert refused.returncode != 0 and "--relocate_every=5" in refused.stderr
+    assert "not lig" in refused.stderr
 
 
 def test_benchmark_over_two_processes_merges_one_table(small_photo, tmp_path):
