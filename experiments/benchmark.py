@@ -25,7 +25,7 @@ processes themselves use only the CPU.
 
 --relocate_every=K trains with relocation (`train.relocate`: every K steps the Gaussians
 training made invisible move to where the error is; 0, the default, is the paper's method).
-Only methods whose Gaussians are an additive set relocate (train.relocate.RELOCATABLE_METHODS);
+Only methods whose Gaussians are an additive set relocate (train.config.RELOCATABLE_METHODS);
 other methods are refused. Its cells (suffix _r<K>) and rows (column relocate_every) are kept
 apart from the paper's, so one out_dir can hold both, e.g. the baselines at 0 and SmartSplat
 at 500.
@@ -54,7 +54,7 @@ from smartsplat_jax import ImageError
 from smartsplat_jax.io import atomic_write_bytes, json_bytes
 from smartsplat_jax.pipeline import run_fit
 from smartsplat_jax.train import METHODS, TrainingDiverged
-from smartsplat_jax.train.relocate import RELOCATABLE_METHODS
+from smartsplat_jax.train.config import RELOCATABLE_METHODS
 
 _IMAGES = flags.DEFINE_string("images", None, "A folder, or a glob of image files.")
 _CRS = flags.DEFINE_list("crs", ["20"], "Compression ratios.")

@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from smartsplat_jax.train.config import METHODS
+    from smartsplat_jax.train.config import METHODS, RELOCATABLE_METHODS
 
     p = _Parser(prog="smartsplat", description=(
         "Compress images into 2D Gaussians (SmartSplat) and decode them at any size."))
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--relocate-every", type=int, default=0,
                    help="every this many steps, move the Gaussians training made invisible "
                         "to where the error is (e.g. 500; default 0: never, the paper's "
-                        "method; smartsplat, random and gaussianimage-rs)")
+                        f"method; {', '.join(RELOCATABLE_METHODS)})")
     c.add_argument("--method", default="smartsplat", choices=METHODS)
     c.add_argument("--backend", default="auto", help="renderer: auto | xla | pallas | reference")
     c.add_argument("--seed", type=int, default=0, help="PRNG seed of the initialization")

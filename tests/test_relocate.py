@@ -13,8 +13,8 @@ from smartsplat_jax.init.smart import smart_init
 from smartsplat_jax.init.variational import s_base
 from smartsplat_jax.render import render
 from smartsplat_jax.train import METHODS, config_for_method, fit, initialize
-from smartsplat_jax.train.relocate import (RELOCATABLE_METHODS, check_relocatable, relocate,
-                                           relocates_at)
+from smartsplat_jax.train.config import RELOCATABLE_METHODS
+from smartsplat_jax.train.relocate import check_relocatable, relocate, relocates_at
 
 
 @pytest.fixture(scope="module")

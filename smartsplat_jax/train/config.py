@@ -7,11 +7,14 @@ import math
 
 from smartsplat_jax.codec.prune import MAX_MSE
 
-__all__ = ["METHODS", "FitConfig", "config_for_method", "default_qat_steps",
-           "default_qat_stages"]
+__all__ = ["METHODS", "RELOCATABLE_METHODS", "FitConfig", "config_for_method",
+           "default_qat_steps", "default_qat_stages"]
 
 METHODS = ("smartsplat", "random", "gaussianimage-rs", "gaussianimage-cholesky", "lig",
            "imagegs", "3dgs")
+# The methods whose Gaussians are an additive set of GaussianParams, the only kind
+# `train.relocate` moves (`relocate_every`; a test checks it against each method's init).
+RELOCATABLE_METHODS = ("smartsplat", "random", "gaussianimage-rs", "imagegs")
 LOSSES = ("smartsplat", "l2")
 OPTIMIZERS = ("adam", "adan")
 

@@ -34,11 +34,7 @@ from smartsplat_jax import params as P
 from smartsplat_jax.codec.prune import MAX_MSE, invisible
 from smartsplat_jax.init.variational import draw_without_replacement, s_base
 
-__all__ = ["RELOCATABLE_METHODS", "relocates_at", "relocate", "check_relocatable"]
-
-# The methods (train.METHODS) whose Gaussians are an additive set of GaussianParams, the only
-# kind `relocate` moves (`check_relocatable`; a test checks each method's initialization).
-RELOCATABLE_METHODS = ("smartsplat", "random", "gaussianimage-rs", "imagegs")
+__all__ = ["relocates_at", "relocate", "check_relocatable"]
 
 
 def relocates_at(step: int, every: int, stop: int) -> bool:
