@@ -127,6 +127,11 @@ def run_cell(image_path: str, cr: float, out: Path) -> dict:
     return row
 
 
+def _training(r: dict) -> tuple[int, int]:
+    """(steps, relocate_every) of a row: what its Gaussians were trained with."""
+    return int(r["steps"]), int(r.get("relocate_every") or 0)
+
+
 def _plot(image_path: str, rows: list[dict], out: Path) -> None:
     """rd_<image>.png: PSNR and MS-SSIM against bpp, all codecs."""
     from PIL import Image
@@ -137,8 +142,10 @@ def _plot(image_path: str, rows: list[dict], out: Path) -> None:
 
     image = load_image(image_path)
     name = os.path.basename(image_path)
-    ours = sorted((r for r in rows if r["image"] == name), key=lambda r: r["bpp"])
-    if not ours:
+    groups = {}  # one curve per training (steps, relocation), each over its CRs
+    for r in sorted((r for r in rows if r["image"] == name), key=lambda r: r["bpp"]):
+        groups.setdefault(_training(r), []).append(r)
+    if not groups:
         return
     series = {}
     for fmt in _CLASSIC.value:
@@ -146,9 +153,13 @@ def _plot(image_path: str, rows: list[dict], out: Path) -> None:
             series[fmt.upper()] = rd_curve(image, fmt, _QUALITIES)
     panels = []
     for key, label in (("psnr", "PSNR (dB)"), ("ms_ssim", "MS-SSIM")):
-        curves = {"SmartSplat (.ssplat)": ([r["bpp"] for r in ours],
-                                           [r[key] if r[key] is not None else float("nan")
-                                            for r in ours])}
+        curves = {}
+        for (steps, every), ours in sorted(groups.items()):
+            tag = "" if len(groups) == 1 else f", {steps} steps" + (
+                f", relocation every {every}" if every else "")
+            curves[f"SmartSplat (.ssplat){tag}"] = (
+                [r["bpp"] for r in ours],
+                [r[key] if r[key] is not None else float("nan") for r in ours])
         for fmt, pts in series.items():
             curves[fmt] = ([p["bpp"] for p in pts],
                            [p[key] if p[key] is not None else float("nan") for p in pts])
@@ -180,11 +191,11 @@ def write_reports(out: Path, rows: list[dict]) -> None:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |")
-    means = []
-    for cr in sorted({r["cr"] for r in rows}):
-        rs = [r for r in rows if r["cr"] == cr]
-        m = {"image": f"mean of {len(rs)}", "cr": cr}
-        for c in COLUMNS[3:]:  # from "steps" on
+    means = []  # per CR and training: rows of other step counts or relocation kept apart
+    for cr, steps, every in sorted({(r["cr"], *_training(r)) for r in rows}):
+        rs = [r for r in rows if r["cr"] == cr and _training(r) == (steps, every)]
+        m = {"image": f"mean of {len(rs)}", "cr": cr, "steps": steps, "relocate_every": every}
+        for c in COLUMNS[5:]:  # after "relocate_every"
             vals = [r[c] for r in rs if isinstance(r.get(c), (int, float))]
             m[c] = sum(vals) / len(vals) if len(vals) == len(rs) and vals else None
         means.append(m)

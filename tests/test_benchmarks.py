@@ -142,8 +142,13 @@ def test_bench_codec_writes_rows_and_plots(tmp_path):
     assert again.returncode == 0 and "skip (done)" in again.stdout
     relocating = _run(args + ["--relocate_every=2"])  # a row of its own, not a skip
     assert relocating.returncode == 0 and "skip (done)" not in relocating.stdout
-    rows = json.loads((tmp_path / "out" / "results.json").read_text())["cells"]
-    assert [r["relocate_every"] for r in rows] == [0, 2]
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["relocate_every"] for r in data["cells"]] == [0, 2]
+    # The means keep the two trainings apart: each is its own row's.
+    by = {m["relocate_every"]: m for m in data["means"]}
+    assert sorted(by) == [0, 2] and all(m["image"] == "mean of 1" for m in by.values())
+    for r in data["cells"]:
+        assert by[r["relocate_every"]]["psnr"] == r["psnr"]
 
 
 def test_bench_decode_writes_rows(tmp_path):
