@@ -47,10 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--qat-steps", type=int, default=None,
                    help="how many of the --steps, at the end, train through the file's "
                         "quantizer (default: 2%%, 20 to 1000)")
-    c.add_argument("--relocate-every", type=int, default=0,
+    c.add_argument("--relocate-every", type=int, default=None,
                    help="every this many steps, move the Gaussians training made invisible "
-                        "to where the error is (e.g. 500; default 0: never, the paper's "
-                        f"method; {', '.join(RELOCATABLE_METHODS)})")
+                        "to where the error is (default, for smartsplat: 500, or steps/4 "
+                        "in runs under 2,000 steps, none under 400; 0: never, the paper's "
+                        f"method; only {', '.join(RELOCATABLE_METHODS)})")
     c.add_argument("--method", default="smartsplat", choices=METHODS)
     c.add_argument("--backend", default="auto", help="renderer: auto | xla | pallas | reference")
     c.add_argument("--seed", type=int, default=0, help="PRNG seed of the initialization")
@@ -139,6 +140,7 @@ def _compress(args) -> int:
 
     from smartsplat_jax import io as sio
     from smartsplat_jax.pipeline import compress_image
+    from smartsplat_jax.train import default_relocate_every
 
     _check_output(args.output, args.force, args.input)
     ckpt = _checkpoint_dir(args.output)
@@ -148,7 +150,9 @@ def _compress(args) -> int:
                              progress=not args.quiet,
                              checkpoint_dir=ckpt, resume=not args.restart,
                              checkpoint_every=args.checkpoint_every,
-                             relocate_every=args.relocate_every)
+                             relocate_every=(default_relocate_every(args.method, args.steps)
+                                             if args.relocate_every is None
+                                             else args.relocate_every))
     sio.atomic_write_bytes(args.output, data, overwrite=args.force)
     if r["diverged"] is not None:
         e = r["diverged"]

@@ -147,3 +147,29 @@ def test_gaussians_flag_takes_paper_auto_or_a_count(capsys):
     with pytest.raises(SystemExit):
         parse("many")
     assert "'many' is not paper, auto or an integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, every", [
+    (["--steps=1000"], 250),  # the default: relocation for smartsplat (min(500, steps // 4))
+    (["--steps=20000"], 500),
+    (["--steps=300"], 0),  # too short a run to relocate in
+    (["--steps=1000", "--relocate-every=0"], 0),  # the paper's training
+    (["--steps=1000", "--relocate-every=100"], 100),
+    (["--steps=1000", "--method=gaussianimage-rs"], 0),  # baselines train as published
+])
+def test_compress_relocates_by_default_for_smartsplat(monkeypatch, tmp_path, capsys, flags,
+                                                      every):
+    import smartsplat_jax.pipeline as pipeline
+
+    seen = {}
+
+    def fake(path, **kwargs):  # records what the CLI asks for, then stops
+        seen.update(kwargs)
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(pipeline, "compress_image", fake)
+    assert main(["compress", str(DEMO_IMAGE), str(tmp_path / "x.ssplat"), "--cr=20",
+                 *flags]) == 1
+    assert "stopped by the test" in capsys.readouterr().err
+    assert seen["relocate_every"] == every
+    assert not (tmp_path / "x.ssplat").exists()

@@ -12,7 +12,8 @@ from smartsplat_jax.codec import prune as PR
 from smartsplat_jax.init.smart import smart_init
 from smartsplat_jax.init.variational import s_base
 from smartsplat_jax.render import render
-from smartsplat_jax.train import METHODS, config_for_method, fit, initialize
+from smartsplat_jax.train import (METHODS, config_for_method, default_relocate_every, fit,
+                                  initialize)
 from smartsplat_jax.train.config import RELOCATABLE_METHODS
 from smartsplat_jax.train.relocate import check_relocatable, relocate, relocates_at
 
@@ -119,3 +120,17 @@ def test_relocatable_methods_are_those_whose_init_relocation_accepts(crop_with_d
     else:
         with pytest.raises(ValueError, match="additive set of GaussianParams"):
             check_relocatable(params)
+
+
+def test_default_relocate_every_by_hand():
+    # min(500, steps // 4) for SmartSplat runs of at least 400 steps; never for the baselines.
+    assert [default_relocate_every("smartsplat", s) for s in (20, 399, 400, 1000, 1999, 2000,
+                                                               50_000)] == [
+        0, 0, 100, 250, 499, 500, 500]
+    assert {default_relocate_every(m, 5000) for m in METHODS if m != "smartsplat"} == {0}
+    # With the default quantization-aware phase (2 %, at least 20 steps), a 1,000-step run
+    # relocates at steps 250 and 500 and a 400-step run at 100 and 200.
+    for steps, at in ((1000, [250, 500]), (400, [100, 200]), (2000, [500, 1000])):
+        every = default_relocate_every("smartsplat", steps)
+        stop = steps - config_for_method("smartsplat", steps=steps).qat_steps_used
+        assert [s for s in range(steps) if relocates_at(s, every, stop)] == at

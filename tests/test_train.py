@@ -415,6 +415,7 @@ def test_fit_launcher_end_to_end(small_photo, tmp_path):
     assert m["budget_used"] >= 0.97 and m["psnr_float"] > 10
     assert m["actual_cr"] == pytest.approx(3 * h * w / len(data))
     assert m["qat_steps"] == 10  # the default: 2 % of the steps, at least 20, at most half
+    assert m["relocate_every"] == 0 and m["relocated"] == 0  # 20 steps: too short to relocate
     decoded, dh, dw = codec.decode(data)
     # The file holds the Gaussians the render draws (codec.prune), and says how many.
     assert (dh, dw) == (h, w) and decoded.num == m["file_gaussians"] <= params.num
@@ -425,6 +426,27 @@ def test_fit_launcher_end_to_end(small_photo, tmp_path):
     assert m["ms_ssim"] is None and "160" in m["ms_ssim_note"]  # 96 px: too small for MS-SSIM
     recon = load_image(work / "recon.png")
     assert metrics.psnr(recon, np.asarray(rendered)) > 45  # the PNG is the render, 8-bit
+
+
+def test_fit_launcher_resolves_relocation():
+    # The default config relocates SmartSplat runs (train.default_relocate_every); the paper
+    # configuration, the baselines and an explicit value are kept as they are.
+    from experiments.configs import default, paper
+    from experiments.fit import training_overrides
+
+    c = default.get_config()
+    assert training_overrides(c)["relocate_every"] == 250  # 1,000 steps
+    c.steps = 20_000
+    assert training_overrides(c)["relocate_every"] == 500
+    c.method = "gaussianimage-rs"
+    assert training_overrides(c)["relocate_every"] == 0
+    c.method, c.relocate_every = "smartsplat", 0
+    assert training_overrides(c)["relocate_every"] == 0
+    c.relocate_every = 125
+    assert training_overrides(c) == {"relocate_every": 125, "chunk_steps": 100,
+                                     "eval_every": 250, "checkpoint_every": 500,
+                                     "max_retries": 3}
+    assert training_overrides(paper.get_config())["relocate_every"] == 0
 
 
 @pytest.mark.parametrize("flag,needle", [("--cr=-3", "cr=-3"), ("--steps=0", "steps=0"),

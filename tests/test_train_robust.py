@@ -183,6 +183,11 @@ def test_checkpoints_of_another_run_are_refused_or_cleared(photo, tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["ckpt_000000010.npz"]
     _, hist = fit(other, p0, _cfg(steps=20), workdir=tmp_path, progress=False)
     assert hist["resumed_from"] == 10
+    # Longer, and relocating after the steps still to come: a change of schedule, the same
+    # run (resumed).
+    _, hist = fit(other, p0, _cfg(steps=30, relocate_every=5), workdir=tmp_path,
+                  progress=False)
+    assert hist["resumed_from"] == 20 and [r["step"] for r in hist["relocated"]] == [25]
 
 
 def test_checkpoints_without_a_fingerprint_are_refused_with_their_own_message(photo, tmp_path):

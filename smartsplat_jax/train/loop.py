@@ -346,11 +346,12 @@ class FixedQuantizer:
 
 
 # FitConfig fields that may change between a run and its resumption: they schedule the work
-# (how long, how it is chunked, evaluated and saved, how failures are retried) without
-# changing what one step computes. The result equals the uninterrupted run's bit for bit
-# when chunk_steps, eval_every and checkpoint_every are unchanged too.
-_RESUMABLE_CHANGES = ("steps", "qat_steps", "qat_stages", "prune_mse", "chunk_steps",
-                      "eval_every", "checkpoint_every", "backend", "max_retries",
+# (how long, how it is chunked, evaluated and saved, when it prunes or relocates, how
+# failures are retried) without changing what one step computes. The result equals the
+# uninterrupted run's bit for bit when chunk_steps, eval_every, checkpoint_every and
+# relocate_every are unchanged too.
+_RESUMABLE_CHANGES = ("steps", "qat_steps", "qat_stages", "prune_mse", "relocate_every",
+                      "chunk_steps", "eval_every", "checkpoint_every", "backend", "max_retries",
                       "retry_lr_factor", "devices")
 
 

@@ -7,8 +7,9 @@ Measured (CPU, CR 50, 256^2 crop of camp_original, N = 561): 128 Gaussians invis
 500 steps, 138 after 4,000 (25 %). The file leaves them out (`codec.prune`), but they are
 Gaussians the budget paid for and the image does not get.
 
-`relocate` (every `FitConfig.relocate_every` steps of the float phase; 0, the default, is the
-paper's method) moves each invisible Gaussian (`codec.prune.invisible`: together they move
+`relocate` (every `FitConfig.relocate_every` steps of the float phase; 0, `FitConfig`'s
+default, is the paper's method; the user-facing front-ends use
+`train.config.default_relocate_every`) moves each invisible Gaussian (`codec.prune.invisible`: together they move
 the render by a mean squared amount of at most `codec.prune.MAX_MSE`) to a pixel drawn
 without replacement with probability proportional to the channel-mean absolute error of the
 current render, as Image-GS adds Gaussians (Zhang et al., SIGGRAPH 2025): isotropic, of the
@@ -20,8 +21,10 @@ Measured (same crop, `experiments.fit`, float render without -> with relocation 
 steps): 4,000 steps 38.48 -> 41.00 dB (142 moves, 128 of them at step 500); 20,000 steps
 40.09 -> 41.70 dB. Where few Gaussians die it gains little or loses: six hires photos at 512
 px, CR 200 (N = 374, 0-20 invisible), 10,000 steps: the decoded file -0.20 dB (satellite) to
-+0.34 dB (CLIC2020_5), +0.04 dB on average; hence off by default. On a simulated 2 x 2 mesh the moves are the same up to the float rounding
-of the trajectory (a short fit: 20 and 66 moves on one device, 20 and 63 on the mesh).
++0.34 dB (CLIC2020_5), +0.04 dB on average. Six Kodak photos at CR 20, 1,000 steps, every
+250: +0.19 to +0.70 dB each. On a simulated 2 x 2 mesh the moves are the same up to the float
+rounding of the trajectory (a short fit: 20 and 66 moves on one device, 20 and 63 on the
+mesh).
 """
 
 from __future__ import annotations
