@@ -27,8 +27,8 @@ from ml_collections import config_flags
 
 from smartsplat_jax import DEMO_IMAGE, ImageError, compile_cache
 from smartsplat_jax.pipeline import run_fit
-from smartsplat_jax.train import TrainingDiverged, TrainingInterrupted
-from smartsplat_jax.train import default_relocate_every
+from smartsplat_jax.train import (TrainingDiverged, TrainingInterrupted,
+                                  default_relocate_every)
 
 from experiments.common import devices_value
 

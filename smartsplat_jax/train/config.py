@@ -202,8 +202,8 @@ def default_relocate_every(method: str, steps: int) -> int:
     A run needs a few tens of steps for Gaussians to die and a whole interval of float
     training after each relocation (`train.relocate.relocates_at`), hence steps // 4 in short
     runs. Measured, decoded file at equal bytes, without -> with (CPU, `experiments.fit` and
-    `experiments.bench_codec`): six Kodak photos at CR 20, 1,000 steps, every 250:
-    +0.19 to +0.70 dB (mean 27.19 -> 27.68 dB; SSIM and MS-SSIM up on all six); 256^2 crops at CR 50,
+    `experiments.bench_codec`): six Kodak photos at CR 20, 1,000 steps, every 250: +0.19 to
+    +0.70 dB (mean 27.19 -> 27.68 dB; SSIM and MS-SSIM up on all six); 256^2 crops at CR 50,
     4,000 and 20,000 steps, every 500: +0.29 to +2.26 dB; six hires photos at 512 px, CR 200,
     10,000 steps, every 500 (0-20 of 374 Gaussians invisible): -0.20 to +0.34 dB, +0.04 dB on
     average.
