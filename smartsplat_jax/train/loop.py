@@ -691,8 +691,9 @@ def fit(image, params: P.GaussianParams, config: FitConfig, *, quantizer=None,
                     rendered=render(params, h, w, backend=config.backend))
                 history["relocated"].append({"step": step, "moved": moved})
                 if moved:
-                    reporter.message(f"step {step}: {moved} invisible Gaussians relocated to "
-                                     "where the error is")
+                    reporter.message(f"step {step}: {moved} invisible Gaussian"
+                                     f"{'s' if moved > 1 else ''} relocated to where the "
+                                     "error is")
             if step == config.steps and spec is not None:
                 # The colours' grid, for the exact budget, and every attribute on the file's grid.
                 spec, info = quantizer.finish(params, spec)
