@@ -56,6 +56,25 @@ def devices_value(v: str):
     return int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
 
 
+# The FitConfig fields an `experiments.fit` configuration may set (configs/default.py).
+TRAIN_FIELDS = ("lambda_l1", "lr_means", "lr_scales", "lr_colors", "lr_rotation",
+                "qat_stages", "relocate_every", "chunk_steps", "eval_every",
+                "checkpoint_every", "max_retries")
+
+
+def training_overrides(c) -> dict:
+    """The FitConfig fields that `experiments.fit` configuration `c` sets (its None fields
+    keep the method's defaults), with relocation resolved: None is
+    `train.default_relocate_every(method, steps)` (for smartsplat, 500 or steps // 4; 0 for
+    the baselines; the paper configuration sets 0)."""
+    from smartsplat_jax.train import default_relocate_every
+
+    overrides = {k: c[k] for k in TRAIN_FIELDS if c.get(k) is not None}
+    if "relocate_every" not in overrides:
+        overrides["relocate_every"] = default_relocate_every(c.method, c.steps)
+    return overrides
+
+
 def launcher_inputs(images: str | None, classic: list[str], crs: list[str], out_dir: str,
                     steps: int) -> tuple[list[str], list[float], Path]:
     """Checks the common benchmark flags; exits with a one-line error on a bad one.

@@ -27,10 +27,9 @@ from ml_collections import config_flags
 
 from smartsplat_jax import DEMO_IMAGE, ImageError, compile_cache
 from smartsplat_jax.pipeline import run_fit
-from smartsplat_jax.train import (TrainingDiverged, TrainingInterrupted,
-                                  default_relocate_every)
+from smartsplat_jax.train import TrainingDiverged, TrainingInterrupted
 
-from experiments.common import devices_value
+from experiments.common import devices_value, training_overrides
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "default.py"),
@@ -58,20 +57,6 @@ _DEVICES = flags.DEFINE_string("devices", None,
 _QAT = flags.DEFINE_integer("qat_steps", None,
                             "How many of the steps, at the end, train through the file's "
                             "quantizer (default 2 %, 20 to 1,000).")
-
-_TRAIN_FIELDS = ("lambda_l1", "lr_means", "lr_scales", "lr_colors", "lr_rotation",
-                 "qat_stages", "relocate_every", "chunk_steps", "eval_every",
-                 "checkpoint_every", "max_retries")
-
-
-def training_overrides(c) -> dict:
-    """The FitConfig fields that config `c` sets (its None fields keep the method's
-    defaults), with relocation resolved: None is `train.default_relocate_every(method, steps)`
-    (for smartsplat, 500 or steps // 4; 0 for the baselines and in the paper configuration)."""
-    overrides = {k: c[k] for k in _TRAIN_FIELDS if c.get(k) is not None}
-    if "relocate_every" not in overrides:
-        overrides["relocate_every"] = default_relocate_every(c.method, c.steps)
-    return overrides
 
 
 def main(argv):

@@ -431,8 +431,8 @@ def test_fit_launcher_end_to_end(small_photo, tmp_path):
 def test_fit_launcher_resolves_relocation():
     # The default config relocates SmartSplat runs (train.default_relocate_every); the paper
     # configuration, the baselines and an explicit value are kept as they are.
+    from experiments.common import training_overrides
     from experiments.configs import default, paper
-    from experiments.fit import training_overrides
 
     c = default.get_config()
     assert training_overrides(c)["relocate_every"] == 250  # 1,000 steps
