@@ -78,8 +78,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-
 _CELL = flags.DEFINE_string("cell", None, "Internal: run one cell described by this JSON in "
                             "this process and print its metrics as JSON.")
 
-COLUMNS = ("image", "cr", "method", "steps", "relocate_every", "num_gaussians", "file_gaussians", "file_bytes",
-           "bytes_per_gaussian",
+COLUMNS = ("image", "cr", "method", "steps", "relocate_every", "num_gaussians",
+           "file_gaussians", "file_bytes", "bytes_per_gaussian",
            "actual_cr", "psnr", "ssim", "ms_ssim", "psnr_float", "quant_drop", "decode_seconds",
            "init_psnr", "train_seconds", "it_per_s", "s_per_step", "peak_rss_gib",
            "device_peak_gib", "device")
@@ -281,7 +281,6 @@ def main(argv):
                 print(f"  failed: {error}")
                 continue
             r["peak_rss_gib"] = peak
-            r["relocate_every"] = every
             r["s_per_step"] = None if not r.get("it_per_s") else 1.0 / r["it_per_s"]
             r["quant_drop"] = r["psnr_float"] - r["psnr"]
             rows.append(r)
