@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ImageError",
     "load_image",
+    "image_size",
     "save_image",
     "output_format",
     "OUTPUT_FORMATS",
@@ -271,6 +272,32 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.
     if arr.size == 0:
         raise ImageError(f"{path}: image has zero size ({arr.shape})")
     return _to_float_rgb(_apply_orientation(arr, orientation))
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image file as `load_image` returns it (EXIF orientation applied),
+    from its header alone: no pixels are decoded.
+
+    Raises:
+      ImageError: missing file, directory, empty file, not an image, or a zero size; the
+        message names the path.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        with _open_unbounded(path) as im:
+            width, height = im.size
+            try:
+                orientation = int(im.getexif().get(0x0112, 1))
+            except Exception:  # malformed EXIF: load_image reads the pixels as stored
+                orientation = 1
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file (no known image format)") from None
+    except (OSError, SyntaxError, ValueError, struct.error, zlib.error, EOFError) as e:
+        raise ImageError(f"{path}: truncated or corrupt image data ({e})") from None
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{path}: image has zero size ({width}x{height})")
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = True) -> None:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from smartsplat_jax import io as sio
-from smartsplat_jax.io import ImageError, load_image, save_image
+from smartsplat_jax.io import ImageError, image_size, load_image, save_image
 
 RNG = np.random.default_rng(1234)
 RGB8 = RNG.integers(0, 256, size=(7, 5, 3), dtype=np.uint8)
@@ -114,6 +114,7 @@ def test_exif_orientation(tmp_path, orientation, transform):
     ref = np.asarray(ImageOps.exif_transpose(Image.open(p)).convert("RGB")) / 255.0
     np.testing.assert_allclose(out, ref, atol=1e-7)
     np.testing.assert_allclose(out, transform(RGB8) / 255.0, atol=1e-7)
+    assert image_size(p) == out.shape[:2]  # from the header alone, oriented as load_image
 
 
 def test_exif_orientation_jpeg_swaps_size(tmp_path):
@@ -122,6 +123,19 @@ def test_exif_orientation_jpeg_swaps_size(tmp_path):
     p = tmp_path / "o.jpg"
     Image.fromarray(np.zeros((10, 30, 3), np.uint8)).save(p, exif=exif.tobytes())
     assert load_image(p).shape == (30, 10, 3)
+    assert image_size(p) == (30, 10)
+
+
+def test_image_size_refuses_what_load_image_refuses(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("hello, I am not a picture\n" * 10)
+    for name, needle in (("nope.png", "no such file"), ("empty.png", "empty"),
+                         ("text.png", "not an image")):
+        with pytest.raises(ImageError, match=needle) as e:
+            image_size(tmp_path / name)
+        assert name in str(e.value)
+    with pytest.raises(ImageError, match="is a directory"):
+        image_size(tmp_path)
 
 
 def test_missing_file(tmp_path):
