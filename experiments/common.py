@@ -62,16 +62,18 @@ TRAIN_FIELDS = ("lambda_l1", "lr_means", "lr_scales", "lr_colors", "lr_rotation"
                 "checkpoint_every", "max_retries")
 
 
-def training_overrides(c) -> dict:
-    """The FitConfig fields that `experiments.fit` configuration `c` sets (its None fields
-    keep the method's defaults), with relocation resolved: None is
-    `train.default_relocate_every(method, steps)` (for smartsplat, 500 or steps // 4; 0 for
-    the baselines; the paper configuration sets 0)."""
-    from smartsplat_jax.train import default_relocate_every
+def training_overrides(c, height: int, width: int) -> dict:
+    """The FitConfig fields that `experiments.fit` configuration `c` sets for an H x W
+    image (its None fields keep the method's defaults), with the front-end's training
+    resolved where `c` leaves it None: relocation and the position rate,
+    `train.user_training(method, steps, height, width)` (for smartsplat, relocation every 500
+    or steps // 4 steps and 0.3 px per step; the baselines' own; the paper configuration
+    sets the paper's)."""
+    from smartsplat_jax.train import user_training
 
     overrides = {k: c[k] for k in TRAIN_FIELDS if c.get(k) is not None}
-    if "relocate_every" not in overrides:
-        overrides["relocate_every"] = default_relocate_every(c.method, c.steps)
+    for k, v in user_training(c.method, c.steps, height, width).items():
+        overrides.setdefault(k, v)
     return overrides
 
 

@@ -26,6 +26,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from smartsplat_jax import DEMO_IMAGE, ImageError, compile_cache
+from smartsplat_jax.io import image_size
 from smartsplat_jax.pipeline import run_fit
 from smartsplat_jax.train import TrainingDiverged, TrainingInterrupted
 
@@ -71,12 +72,15 @@ def main(argv):
             c[name] = flag.value
     image = c.image or str(DEMO_IMAGE)
     gaussians = int(c.gaussians) if str(c.gaussians).isdigit() else c.gaussians
-    overrides = training_overrides(c)
+    devices = None
     if _DEVICES.value is not None:
-        overrides["devices"] = devices_value(_DEVICES.value)
-        if overrides["devices"] is None:
+        devices = devices_value(_DEVICES.value)
+        if devices is None:
             sys.exit(f"error: --devices={_DEVICES.value!r} must be D or RxC (e.g. 4 or 2x2)")
     try:
+        overrides = training_overrides(c, *image_size(image))
+        if devices is not None:
+            overrides["devices"] = devices
         result = run_fit(image, c.workdir, cr=c.cr, method=c.method, steps=c.steps,
                          backend=c.backend, seed=c.seed, gaussians=gaussians,
                          resume=_RESUME.value, auto_pilot_steps=_PILOT.value,
@@ -104,6 +108,9 @@ def main(argv):
     print(f"file: {result['file_bytes']} bytes, {result['file_gaussians']} Gaussians "
           f"({result['num_gaussians'] - result['file_gaussians']} invisible ones left out), "
           f"{result['bytes_per_gaussian']:.2f} B/Gaussian, real CR {result['actual_cr']:.2f}{over}")
+    px = 0.5 * max(result["width"], result["height"]) * result["lr_means"]
+    print(f"positions' rate {result['lr_means']:.3g} per step ({px:.2g} px along the longer "
+          "side; --config.lr_means=1e-4 is the paper's)")
     if result.get("relocate_every"):
         print(f"relocation every {result['relocate_every']} steps: {result['relocated']} "
               "invisible Gaussians moved to where the error was (0 turns it off: "

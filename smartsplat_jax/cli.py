@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
                         "to where the error is (default, for smartsplat: 500, or steps/4 "
                         "in runs under 2,000 steps, none under 400; 0: never, the paper's "
                         f"method; only {', '.join(RELOCATABLE_METHODS)})")
+    c.add_argument("--lr-means", type=float, default=None,
+                   help="the positions' learning rate, in normalized units ([-1, 1] across "
+                        "the image) per step (default, for smartsplat: 0.3 px per step along "
+                        "the longer side, 0.6/max(H, W), and at least the paper's 1e-4; the "
+                        "other methods: their own)")
     c.add_argument("--method", default="smartsplat", choices=METHODS)
     c.add_argument("--backend", default="auto", help="renderer: auto | xla | pallas | reference")
     c.add_argument("--seed", type=int, default=0, help="PRNG seed of the initialization")
@@ -140,19 +145,20 @@ def _compress(args) -> int:
 
     from smartsplat_jax import io as sio
     from smartsplat_jax.pipeline import compress_image
-    from smartsplat_jax.train import default_relocate_every
+    from smartsplat_jax.train import user_training
 
     _check_output(args.output, args.force, args.input)
     ckpt = _checkpoint_dir(args.output)
+    # The front-end's training where the user gave none (relocation, the position rate).
+    given = {"relocate_every": args.relocate_every, "lr_means": args.lr_means}
+    auto = user_training(args.method, args.steps, *sio.image_size(args.input))
+    training = {k: auto[k] if v is None else v for k, v in given.items()}
     data, r = compress_image(args.input, cr=args.cr, method=args.method, steps=args.steps,
                              qat_steps=args.qat_steps, backend=args.backend, seed=args.seed,
                              gaussians=args.gaussians, auto_pilot_steps=args.auto_pilot_steps,
                              progress=not args.quiet,
                              checkpoint_dir=ckpt, resume=not args.restart,
-                             checkpoint_every=args.checkpoint_every,
-                             relocate_every=(default_relocate_every(args.method, args.steps)
-                                             if args.relocate_every is None
-                                             else args.relocate_every))
+                             checkpoint_every=args.checkpoint_every, **training)
     sio.atomic_write_bytes(args.output, data, overwrite=args.force)
     if r["diverged"] is not None:
         e = r["diverged"]

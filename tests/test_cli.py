@@ -149,16 +149,20 @@ def test_gaussians_flag_takes_paper_auto_or_a_count(capsys):
     assert "'many' is not paper, auto or an integer" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags, every", [
-    (["--steps=1000"], 250),  # the default: relocation for smartsplat (min(500, steps // 4))
-    (["--steps=20000"], 500),
-    (["--steps=300"], 0),  # too short a run to relocate in
-    (["--steps=1000", "--relocate-every=0"], 0),  # the paper's training
-    (["--steps=1000", "--relocate-every=100"], 100),
-    (["--steps=1000", "--method=gaussianimage-rs"], 0),  # baselines train as published
+# The demo photo is 768 x 512: the default position rate is 0.3 px per step along 768 px.
+_RATE = 2 * 0.3 / 768
+
+
+@pytest.mark.parametrize("flags, every, rate", [
+    (["--steps=1000"], 250, _RATE),  # the defaults: relocation (min(500, steps // 4)) and
+    (["--steps=20000"], 500, _RATE),  # 0.3 px per step for smartsplat
+    (["--steps=300"], 0, _RATE),  # too short a run to relocate in
+    (["--steps=1000", "--relocate-every=0", "--lr-means=1e-4"], 0, 1e-4),  # the paper's
+    (["--steps=1000", "--relocate-every=100"], 100, _RATE),
+    (["--steps=1000", "--method=gaussianimage-rs"], 0, 1e-3),  # baselines train as published
 ])
-def test_compress_relocates_by_default_for_smartsplat(monkeypatch, tmp_path, capsys, flags,
-                                                      every):
+def test_compress_trains_with_the_front_end_defaults(monkeypatch, tmp_path, capsys, flags,
+                                                     every, rate):
     import smartsplat_jax.pipeline as pipeline
 
     seen = {}
@@ -172,4 +176,5 @@ def test_compress_relocates_by_default_for_smartsplat(monkeypatch, tmp_path, cap
                  *flags]) == 1
     assert "stopped by the test" in capsys.readouterr().err
     assert seen["relocate_every"] == every
+    assert seen["lr_means"] == pytest.approx(rate, rel=1e-12)
     assert not (tmp_path / "x.ssplat").exists()

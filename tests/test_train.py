@@ -416,6 +416,9 @@ def test_fit_launcher_end_to_end(small_photo, tmp_path):
     assert m["actual_cr"] == pytest.approx(3 * h * w / len(data))
     assert m["qat_steps"] == 10  # the default: 2 % of the steps, at least 20, at most half
     assert m["relocate_every"] == 0 and m["relocated"] == 0  # 20 steps: too short to relocate
+    # The front-end's position rate, 0.3 px per step along the longer side, was trained with.
+    assert m["lr_means"] == pytest.approx(0.6 / max(h, w), rel=1e-12)
+    assert "px along the longer side" in out.stdout
     decoded, dh, dw = codec.decode(data)
     # The file holds the Gaussians the render draws (codec.prune), and says how many.
     assert (dh, dw) == (h, w) and decoded.num == m["file_gaussians"] <= params.num
@@ -428,25 +431,50 @@ def test_fit_launcher_end_to_end(small_photo, tmp_path):
     assert metrics.psnr(recon, np.asarray(rendered)) > 45  # the PNG is the render, 8-bit
 
 
-def test_fit_launcher_resolves_relocation():
-    # The default config relocates SmartSplat runs (train.default_relocate_every); the paper
-    # configuration, the baselines and an explicit value are kept as they are.
+def test_fit_launcher_resolves_the_front_end_training():
+    # The default config relocates SmartSplat runs (train.default_relocate_every) and moves
+    # their positions 0.3 px per step (train.default_lr_means); the paper configuration, the
+    # baselines and explicit values are kept as they are.
     from experiments.common import training_overrides
     from experiments.configs import default, paper
 
     c = default.get_config()
-    assert training_overrides(c)["relocate_every"] == 250  # 1,000 steps
+    assert training_overrides(c, 512, 768)["relocate_every"] == 250  # 1,000 steps
+    assert training_overrides(c, 512, 768)["lr_means"] == pytest.approx(0.6 / 768)
+    assert training_overrides(c, 8000, 6000)["lr_means"] == 1e-4  # never below the paper's
     c.steps = 20_000
-    assert training_overrides(c)["relocate_every"] == 500
+    assert training_overrides(c, 64, 64)["relocate_every"] == 500
     c.method = "gaussianimage-rs"
-    assert training_overrides(c)["relocate_every"] == 0
-    c.method, c.relocate_every = "smartsplat", 0
-    assert training_overrides(c)["relocate_every"] == 0
+    assert training_overrides(c, 64, 64)["relocate_every"] == 0
+    assert training_overrides(c, 64, 64)["lr_means"] == 1e-3  # GaussianImage's own
+    c.method, c.relocate_every, c.lr_means = "smartsplat", 0, 5e-4
+    assert training_overrides(c, 64, 64)["relocate_every"] == 0
     c.relocate_every = 125
-    assert training_overrides(c) == {"relocate_every": 125, "chunk_steps": 100,
-                                     "eval_every": 250, "checkpoint_every": 500,
-                                     "max_retries": 3}
-    assert training_overrides(paper.get_config())["relocate_every"] == 0
+    assert training_overrides(c, 64, 64) == {"relocate_every": 125, "lr_means": 5e-4,
+                                             "chunk_steps": 100, "eval_every": 250,
+                                             "checkpoint_every": 500, "max_retries": 3}
+    p = training_overrides(paper.get_config(), 64, 64)
+    assert p["relocate_every"] == 0 and p["lr_means"] == 1e-4
+
+
+def test_default_lr_means_by_hand():
+    from smartsplat_jax.train import (METHODS, config_for_method, default_lr_means,
+                                      user_training)
+
+    # SmartSplat: 0.3 px per step along the longer side (x_pix = 0.5 W (x + 1)), never below
+    # the paper's 1e-4 normalized units.
+    assert default_lr_means("smartsplat", 256, 256) == pytest.approx(2.34375e-3, rel=1e-12)
+    assert default_lr_means("smartsplat", 512, 768) == pytest.approx(7.8125e-4, rel=1e-12)
+    assert default_lr_means("smartsplat", 768, 512) == default_lr_means("smartsplat", 512, 768)
+    assert 0.5 * 1024 * default_lr_means("smartsplat", 683, 1024) == pytest.approx(0.3)
+    assert default_lr_means("smartsplat", 4000, 6000) == pytest.approx(1e-4, rel=1e-12)
+    assert default_lr_means("smartsplat", 16384, 16384) == 1e-4
+    # The baselines (and random, a comparison) keep their own rates.
+    for m in METHODS:
+        if m != "smartsplat":
+            assert default_lr_means(m, 256, 256) == config_for_method(m).lr_means
+    assert user_training("smartsplat", 1000, 256, 256) == {
+        "relocate_every": 250, "lr_means": default_lr_means("smartsplat", 256, 256)}
 
 
 @pytest.mark.parametrize("flag,needle", [("--cr=-3", "cr=-3"), ("--steps=0", "steps=0"),

@@ -18,6 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.workdir = "results/fit"
     # Training (FitConfig fields; None keeps the method's default, see SPEC §6 and §10).
     c.lambda_l1 = ml_collections.FieldReference(None, field_type=float)
+    # The positions' rate (normalized units per step). None: for smartsplat, 0.3 px per step
+    # along the longer side and at least the paper's 1e-4 (train.config.default_lr_means).
     c.lr_means = ml_collections.FieldReference(None, field_type=float)
     c.lr_scales = ml_collections.FieldReference(None, field_type=float)
     c.lr_colors = ml_collections.FieldReference(None, field_type=float)

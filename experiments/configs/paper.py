@@ -11,6 +11,7 @@ def get_config():
     c.steps = 50_000
     c.gaussians = "paper"  # N = floor(3 H W / (7 CR)), as the paper
     c.relocate_every = 0  # no relocation of invisible Gaussians: the paper's training
+    c.lr_means = 1e-4  # the paper's position rate in normalized units, whatever the size
     c.eval_every = 5000
     c.checkpoint_every = 5000
     c.chunk_steps = 500

@@ -14,6 +14,7 @@ _EXPORTS = {
     "METHODS": "config", "FitConfig": "config", "config_for_method": "config",
     "default_qat_steps": "config", "default_qat_stages": "config",
     "default_relocate_every": "config", "RELOCATABLE_METHODS": "config",
+    "default_lr_means": "config", "user_training": "config", "MEANS_PX_PER_STEP": "config",
     "TrainingDiverged": "loop", "TrainingInterrupted": "loop", "QatSchedule": "loop",
     "fit": "loop", "loss_value": "loop", "qat_schedule": "loop", "snap": "loop",
     "initialize": "methods", "train_method": "methods", "make_optimizer": "optim",
