@@ -11,7 +11,9 @@ decoded file's PSNR / SSIM / MS-SSIM and the drop, the file's bytes and the shar
 budget used, N and bytes per Gaussian, encode and decode times, and each classic codec at (at
 most) the same bytes. With --float_reference it also trains float-only for the same steps
 (the PSNR a float model reaches, for the drop against it); --relocate_every trains with
-relocation (`train.relocate`; its cells and rows are kept apart). Per image it draws the
+relocation (`train.relocate`) and --lr_means=auto with the position rate of `smartsplat
+compress` (`train.default_lr_means`): their cells, rows and means are kept apart from the
+paper's training, which is the default. Per image it draws the
 rate-distortion curves (PSNR and MS-SSIM against bits per pixel; the classic codecs over their
 quality range, SmartSplat at the CRs run) as rd_<image>.png.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +43,10 @@ _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer backend.")
 _RELOCATE = flags.DEFINE_integer("relocate_every", 0, "Move the Gaussians training made "
                                  "invisible to where the error is every this many steps "
                                  "(train.relocate; 0: never, the paper's method).")
+_LR_MEANS = flags.DEFINE_string("lr_means", "paper", "The positions' rate: paper (1e-4 "
+                                "normalized units per step), auto (`smartsplat compress`'s: "
+                                "0.3 px per step along the longer side, at least 1e-4; "
+                                "train.default_lr_means) or a number.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
 _CLASSIC = flags.DEFINE_list("classic", ["jpeg", "webp", "avif"], "Classic codecs to compare.")
 _MAX_SIDE = flags.DEFINE_integer("max_side", 0, "Downscale larger images to this long side "
@@ -49,10 +56,10 @@ _FLOAT_REF = flags.DEFINE_bool("float_reference", False,
 _OUT = flags.DEFINE_string("out_dir", "results/bench_codec", "Output folder.")
 
 _QUALITIES = (2, 5, 10, 20, 30, 45, 60, 75, 90)
-COLUMNS = ("image", "size", "cr", "steps", "relocate_every", "num_gaussians", "file_gaussians",
-           "file_bytes", "budget_used", "bytes_per_gaussian", "psnr_float", "psnr_float_ref", "psnr", "drop",
-           "ssim", "ms_ssim", "jpeg_psnr", "webp_psnr", "avif_psnr", "encode_s", "decode_s",
-           "train_s", "rollbacks", "nonfinite_grad_chunks")
+COLUMNS = ("image", "size", "cr", "steps", "relocate_every", "lr_means", "num_gaussians",
+           "file_gaussians", "file_bytes", "budget_used", "bytes_per_gaussian", "psnr_float",
+           "psnr_float_ref", "psnr", "drop", "ssim", "ms_ssim", "jpeg_psnr", "webp_psnr",
+           "avif_psnr", "encode_s", "decode_s", "train_s", "rollbacks", "nonfinite_grad_chunks")
 
 
 def _working_image(path: str, out: Path) -> str:
@@ -73,6 +80,21 @@ def _working_image(path: str, out: Path) -> str:
     return str(dst)
 
 
+def lr_means_for(setting: str, height: int, width: int) -> float:
+    """The positions' rate of an --lr_means setting for an H x W image; ValueError naming a
+    bad one."""
+    from smartsplat_jax.train import config_for_method, default_lr_means
+
+    if setting == "paper":
+        return config_for_method("smartsplat").lr_means
+    if setting == "auto":
+        return default_lr_means("smartsplat", height, width)
+    try:
+        return float(setting)
+    except ValueError:
+        raise ValueError(f"--lr_means={setting!r} must be paper, auto or a number") from None
+
+
 def run_cell(image_path: str, cr: float, out: Path) -> dict:
     """Compresses one image at one CR and measures it against the classic codecs."""
     import jax
@@ -83,22 +105,24 @@ def run_cell(image_path: str, cr: float, out: Path) -> dict:
     from smartsplat_jax.render import render
 
     gaussians = gaussians_value(_GAUSSIANS.value)
-    every = _RELOCATE.value
+    every, rate = _RELOCATE.value, _LR_MEANS.value
+    image = load_image(image_path)
+    h, w = image.shape[:2]
     cell = out / "cells" / (f"{Path(image_path).stem}_cr{cr:g}_{_STEPS.value}"
-                            + (f"_r{every}" if every else ""))
+                            + (f"_r{every}" if every else "")
+                            + (f"_m{rate}" if rate != "paper" else ""))
     m = run_fit(image_path, cell, cr=cr, steps=_STEPS.value, backend=_BACKEND.value,
                 seed=_SEED.value, gaussians=gaussians, resume=True, visualize=False,
                 eval_every=0, checkpoint_every=0, chunk_steps=min(_STEPS.value, 100),
-                progress=False, relocate_every=every)
-    image = load_image(image_path)
-    h, w = image.shape[:2]
+                progress=False, relocate_every=every, lr_means=lr_means_for(rate, h, w))
     data = (cell / "image.ssplat").read_bytes()
     t0 = time.perf_counter()
     params, _, _ = codec.decode(data)
     jax.block_until_ready(render(params, h, w, backend=_BACKEND.value))
     decode_s = time.perf_counter() - t0
     row = {"image": os.path.basename(image_path), "size": f"{w}x{h}", "cr": cr,
-           "steps": _STEPS.value, "relocate_every": _RELOCATE.value,
+           "steps": _STEPS.value, "relocate_every": _RELOCATE.value, "lr_means": rate,
+           "lr_means_used": m["lr_means"],
            "num_gaussians": m["num_gaussians"],
            "file_gaussians": m.get("file_gaussians"), "file_bytes": m["file_bytes"], "budget_bytes": m["budget_bytes"],
            "budget_used": m["budget_used"], "bpp": 8 * m["file_bytes"] / (h * w),
@@ -114,7 +138,7 @@ def run_cell(image_path: str, cr: float, out: Path) -> dict:
         p0, _ = initialize("smartsplat", jax.random.PRNGKey(_SEED.value), image,
                            m["num_gaussians"])
         cfg = config_for_method("smartsplat", steps=_STEPS.value, backend=_BACKEND.value,
-                                eval_every=0, checkpoint_every=0,
+                                lr_means=m["lr_means"], eval_every=0, checkpoint_every=0,
                                 chunk_steps=min(_STEPS.value, 100))
         pf, _ = fit(image, p0, cfg, progress=False)
         row["psnr_float_ref"] = metrics.psnr(render(pf, h, w, backend=_BACKEND.value), image)
@@ -127,9 +151,10 @@ def run_cell(image_path: str, cr: float, out: Path) -> dict:
     return row
 
 
-def _training(r: dict) -> tuple[int, int]:
-    """(steps, relocate_every) of a row: what its Gaussians were trained with."""
-    return int(r["steps"]), int(r.get("relocate_every") or 0)
+def _training(r: dict) -> tuple[int, int, str]:
+    """(steps, relocate_every, the --lr_means setting) of a row: what its Gaussians were
+    trained with."""
+    return int(r["steps"]), int(r.get("relocate_every") or 0), str(r.get("lr_means", "paper"))
 
 
 def _plot(image_path: str, rows: list[dict], out: Path) -> None:
@@ -142,7 +167,7 @@ def _plot(image_path: str, rows: list[dict], out: Path) -> None:
 
     image = load_image(image_path)
     name = os.path.basename(image_path)
-    groups = {}  # one curve per training (steps, relocation), each over its CRs
+    groups = {}  # one curve per training (steps, relocation, rate), each over its CRs
     for r in sorted((r for r in rows if r["image"] == name), key=lambda r: r["bpp"]):
         groups.setdefault(_training(r), []).append(r)
     if not groups:
@@ -154,9 +179,10 @@ def _plot(image_path: str, rows: list[dict], out: Path) -> None:
     panels = []
     for key, label in (("psnr", "PSNR (dB)"), ("ms_ssim", "MS-SSIM")):
         curves = {}
-        for (steps, every), ours in sorted(groups.items()):
+        for (steps, every, rate), ours in sorted(groups.items()):
             tag = "" if len(groups) == 1 else f", {steps} steps" + (
-                f", relocation every {every}" if every else "")
+                f", relocation every {every}" if every else "") + (
+                f", positions' rate {rate}" if rate != "paper" else "")
             curves[f"SmartSplat (.ssplat){tag}"] = (
                 [r["bpp"] for r in ours],
                 [r[key] if r[key] is not None else float("nan") for r in ours])
@@ -191,11 +217,12 @@ def write_reports(out: Path, rows: list[dict]) -> None:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |")
-    means = []  # per CR and training: rows of other step counts or relocation kept apart
-    for cr, steps, every in sorted({(r["cr"], *_training(r)) for r in rows}):
-        rs = [r for r in rows if r["cr"] == cr and _training(r) == (steps, every)]
-        m = {"image": f"mean of {len(rs)}", "cr": cr, "steps": steps, "relocate_every": every}
-        for c in COLUMNS[5:]:  # after "relocate_every"
+    means = []  # per CR and training: other step counts, relocation or rates kept apart
+    for cr, *training in sorted({(r["cr"], *_training(r)) for r in rows}):
+        rs = [r for r in rows if r["cr"] == cr and list(_training(r)) == training]
+        m = {"image": f"mean of {len(rs)}", "cr": cr,
+             **dict(zip(("steps", "relocate_every", "lr_means"), training))}
+        for c in COLUMNS[6:]:  # after "lr_means"
             vals = [r[c] for r in rs if isinstance(r.get(c), (int, float))]
             m[c] = sum(vals) / len(vals) if len(vals) == len(rs) and vals else None
         means.append(m)
@@ -210,6 +237,10 @@ def main(argv):
     from smartsplat_jax import ImageError
     from smartsplat_jax.train import TrainingDiverged
 
+    try:
+        lr_means_for(_LR_MEANS.value, 1, 1)  # a bad setting fails before any work
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     images, crs, out = launcher_inputs(_IMAGES.value, _CLASSIC.value, _CRS.value, _OUT.value,
                                        _STEPS.value)
     path = out / "results.json"
@@ -217,9 +248,8 @@ def main(argv):
     for image in images:
         work = _working_image(image, out)
         for cr in crs:
-            key = (os.path.basename(work), cr, _STEPS.value, _RELOCATE.value)
-            if any((r["image"], r["cr"], r["steps"], r.get("relocate_every", 0)) == key
-                   for r in rows):
+            key = (os.path.basename(work), cr, _STEPS.value, _RELOCATE.value, _LR_MEANS.value)
+            if any((r["image"], r["cr"], *_training(r)) == key for r in rows):
                 print(f"skip (done): {key}", flush=True)
                 continue
             print(f"run: {key}", flush=True)

@@ -149,6 +149,18 @@ def test_bench_codec_writes_rows_and_plots(tmp_path):
     assert sorted(by) == [0, 2] and all(m["image"] == "mean of 1" for m in by.values())
     for r in data["cells"]:
         assert by[r["relocate_every"]]["psnr"] == r["psnr"]
+    # The CLI's position rate (0.3 px per step along the 80-px side) is a training of its own.
+    rated = _run(args + ["--relocate_every=2", "--lr_means=auto"])
+    assert rated.returncode == 0 and "skip (done)" not in rated.stdout
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [(r["relocate_every"], r["lr_means"]) for r in data["cells"]] == [
+        (0, "paper"), (2, "paper"), (2, "auto")]
+    assert data["cells"][0]["lr_means_used"] == 1e-4
+    assert data["cells"][2]["lr_means_used"] == pytest.approx(0.6 / 80, rel=1e-12)
+    assert len(data["means"]) == 3
+    bad = _run(args + ["--lr_means=fast"])
+    assert bad.returncode != 0 and "--lr_means='fast' must be paper, auto or a number" in (
+        bad.stdout + bad.stderr)
 
 
 def test_bench_decode_writes_rows(tmp_path):
