@@ -194,6 +194,35 @@ def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
     return arr
 
 
+def _header(im: Image.Image, path: Path) -> tuple[int, int, int]:
+    """(width, height, EXIF orientation) of an opened image as stored; ImageError for a zero
+    size. A malformed EXIF block reads as orientation 1 (the pixels as stored)."""
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{path}: image has zero size ({width}x{height})")
+    try:
+        orientation = int(im.getexif().get(0x0112, 1))
+    except Exception:  # malformed EXIF
+        orientation = 1
+    return width, height, orientation
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turns what Pillow and the decoders raise while reading `path` into an ImageError
+    that names it."""
+    try:
+        yield
+    except ImageError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise ImageError(f"{path}: {e}") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file (no known image format)") from None
+    except (OSError, SyntaxError, ValueError, struct.error, zlib.error, EOFError) as e:
+        raise ImageError(f"{path}: truncated or corrupt image data ({e})") from None
+
+
 def _to_float_rgb(arr: np.ndarray) -> np.ndarray:
     """(H, W) or (H, W, C) integer/float pixels -> float32 (H, W, 3) in [0, 1]."""
     if arr.ndim == 2:
@@ -241,34 +270,18 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.
     path = Path(path)
     limit = _max_pixels(max_pixels)
     _check_file(path)
-    try:
-        with _open_unbounded(path) as im:
-            width, height = im.size
-            if width <= 0 or height <= 0:
-                raise ImageError(f"{path}: image has zero size ({width}x{height})")
-            if width * height > limit:
-                raise ImageError(
-                    f"{path}: {width}x{height} = {width * height} pixels is over the limit of "
-                    f"{limit} pixels (raise it with max_pixels= or {_MAX_PIXELS_ENV})"
-                )
-            orientation = 1
-            try:
-                orientation = int(im.getexif().get(0x0112, 1))
-            except Exception:  # malformed EXIF: read the pixels as stored
-                orientation = 1
-            if _needs_imagecodecs(im, path):
-                arr = _decode_16bit_colour(path, im.format)
-            else:
-                im.load()
-                arr = _pillow_pixels(im)
-    except ImageError as e:
-        if str(e).startswith(str(path)):
-            raise
-        raise ImageError(f"{path}: {e}") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file (no known image format)") from None
-    except (OSError, SyntaxError, ValueError, struct.error, zlib.error, EOFError) as e:
-        raise ImageError(f"{path}: truncated or corrupt image data ({e})") from None
+    with _reading(path), _open_unbounded(path) as im:
+        width, height, orientation = _header(im, path)
+        if width * height > limit:
+            raise ImageError(
+                f"{path}: {width}x{height} = {width * height} pixels is over the limit of "
+                f"{limit} pixels (raise it with max_pixels= or {_MAX_PIXELS_ENV})"
+            )
+        if _needs_imagecodecs(im, path):
+            arr = _decode_16bit_colour(path, im.format)
+        else:
+            im.load()
+            arr = _pillow_pixels(im)
     if arr.size == 0:
         raise ImageError(f"{path}: image has zero size ({arr.shape})")
     return _to_float_rgb(_apply_orientation(arr, orientation))
@@ -284,19 +297,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """
     path = Path(path)
     _check_file(path)
-    try:
-        with _open_unbounded(path) as im:
-            width, height = im.size
-            try:
-                orientation = int(im.getexif().get(0x0112, 1))
-            except Exception:  # malformed EXIF: load_image reads the pixels as stored
-                orientation = 1
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file (no known image format)") from None
-    except (OSError, SyntaxError, ValueError, struct.error, zlib.error, EOFError) as e:
-        raise ImageError(f"{path}: truncated or corrupt image data ({e})") from None
-    if width <= 0 or height <= 0:
-        raise ImageError(f"{path}: image has zero size ({width}x{height})")
+    with _reading(path), _open_unbounded(path) as im:
+        width, height, orientation = _header(im, path)
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 

@@ -14,7 +14,8 @@ with the rate control of `codec.rate.BudgetQuantizer`), encodes the file and wri
   metrics.json     psnr, ssim, ms_ssim, num_gaussians (trained), file_gaussians (in the file:
                    those the render does not need are left out, `codec.prune`), steps,
                    relocate_every and relocated (`train.relocate`), lr_means (the
-                   positions' rate), train_seconds, height, width, cr, method, backend, device, jax_version, and more (see `run_fit`);
+                   positions' rate), train_seconds, height, width, cr, method, backend,
+                   device, jax_version, and more (see `run_fit`);
                    strict JSON: an infinite PSNR (an exact reconstruction, "lossless": true)
                    is null
   curve.png        training loss and PSNR against the step
