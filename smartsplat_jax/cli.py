@@ -7,8 +7,8 @@
 Also `python -m smartsplat_jax ...`. Errors, bad command-line usage included, print one line
 on stderr and exit with status 1; an interrupted `compress` (Ctrl-C, SIGTERM) exits with 128 +
 the signal after checkpointing. Outputs are checked before any work (never the input file,
-never a folder, a writable folder, a known image extension) and written atomically, so a
-failed run leaves no partial file.
+never a folder, a writable folder; for `decompress` a known image extension, for `compress`
+not an image's) and written atomically, so a failed run leaves no partial file.
 """
 
 from __future__ import annotations
@@ -134,6 +134,18 @@ def _check_output(path: str, force: bool, source: str) -> None:
         raise PermissionError(f"cannot write {path}: folder {parent} is not writable")
 
 
+def _check_not_an_image_name(path: str) -> None:
+    """`compress` writes a .ssplat file: an output named like an image (an extension Pillow
+    reads, e.g. .png) is a mix-up with `decompress`, refused before any work."""
+    from PIL import Image
+
+    Image.init()
+    stem, ext = os.path.splitext(path)
+    if ext.lower() in Image.registered_extensions():
+        raise ValueError(f"{path}: compress writes a .ssplat file, not an image ({ext} names an "
+                         f"image format); name it e.g. {stem}.ssplat (decompress writes images)")
+
+
 def _checkpoint_dir(output: str) -> str:
     """Where `compress` keeps its training checkpoints: beside OUTPUT, removed on success."""
     head, tail = os.path.split(os.path.abspath(output))
@@ -148,6 +160,7 @@ def _compress(args) -> int:
     from smartsplat_jax.train import user_training
 
     _check_output(args.output, args.force, args.input)
+    _check_not_an_image_name(args.output)
     ckpt = _checkpoint_dir(args.output)
     # The front-end's training where the user gave none (relocation, the position rate).
     given = {"relocate_every": args.relocate_every, "lr_means": args.lr_means}

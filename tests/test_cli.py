@@ -105,6 +105,9 @@ def test_errors_are_one_line_and_leave_no_file(compressed, tmp_path, capsys):
         (["decompress", str(out), str(tmp_path), "--force"], "is a folder"),
         (["compress", str(src), str(tmp_path / "y.ssplat"), "--cr=10", "--qat-steps=-3"],
          "qat_steps=-3"),
+        # compress writes a .ssplat file: an image's name is a mix-up with decompress.
+        (["compress", str(src), str(tmp_path / "x.png"), "--cr=10"], "name it e.g."),
+        (["compress", str(src), str(tmp_path / "x.JPG"), "--cr=10"], "(.JPG names an image"),
     ]
     for argv, needle in cases:
         assert main(argv) == 1, argv
