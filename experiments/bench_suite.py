@@ -25,6 +25,13 @@ Profiles:
          the Pallas kernel tests. Its limits add up to more than 540 s: with --budget_s=540
          (one 10-minute call) the parts at the end run only if time is left.
   cpu    the same questions at CPU sizes (the quick start's scene, 2048x1365, 256^2).
+  gpu_codec
+         the codec's targets on one GPU (`bench_codec`, resumable: a part cut short keeps its
+         finished cells): the float-to-file drop after the paper's 50,000 steps on a
+         1134x756 photo at CR 100, then the decoded file against JPEG / WebP / AVIF at equal
+         bytes on the hires photos up to 2048 px (the PNGs of --data_dir/hires) after
+         10,000 steps at CR 200 and CR 100 with `smartsplat compress`'s training, and at
+         CR 200 with the paper's. Needs the photographs (--data_dir).
   smoke  tiny sizes, seconds per part (the suite's own test).
 """
 
@@ -43,7 +50,8 @@ from absl import app, flags
 
 from experiments.common import interruptible, resize_image, write_json
 
-_PROFILE = flags.DEFINE_enum("profile", "cpu", ["gpu", "cpu", "smoke"], "Which parts to run.")
+_PROFILE = flags.DEFINE_enum("profile", "cpu", ["gpu", "cpu", "gpu_codec", "smoke"],
+                              "Which parts to run.")
 _OUT = flags.DEFINE_string("out_dir", "results/bench_suite", "Output folder.")
 _ONLY = flags.DEFINE_list("only", [], "Run only these parts of the profile (names).")
 _BUDGET = flags.DEFINE_float("budget_s", 0.0, "Wall-clock budget of the whole suite in "
@@ -51,17 +59,23 @@ _BUDGET = flags.DEFINE_float("budget_s", 0.0, "Wall-clock budget of the whole su
 _MIN_PART = flags.DEFINE_float("min_part_s", 20.0, "With --budget_s: skip a part that would "
                                "start with less than this left.")
 _LIST = flags.DEFINE_bool("list", False, "Print the profile's parts and exit.")
+_DATA = flags.DEFINE_string("data_dir", str(Path(__file__).resolve().parents[2] / "shared" /
+                                            "data"),
+                            "The photographs' folder ({data} in the parts: hires/ inside it).")
 _ENV = flags.DEFINE_string("env", "", "Internal: write this process's environment as JSON here.")
 
 
 @dataclasses.dataclass(frozen=True)
 class Part:
-    """One benchmark run: `python <args>` with {out}, {inputs} and {demo} filled in."""
+    """One benchmark run: `python <args>` with {out}, {name}, {inputs}, {demo} and {data}
+    filled in; its JSON rows are read from `result` (filled in the same way)."""
 
     name: str
     args: tuple[str, ...]
     timeout_s: float
     what: str
+    result: str = "{out}/{name}.json"
+    resumable: bool = False  # the launcher resumes from `result`: a rerun keeps its rows
 
 
 _RENDER = ("-m", "experiments.bench_render", "--out={out}/{name}.json")
@@ -104,12 +118,33 @@ _CPU = (
                  "--out={out}/{name}.json"), 300,
          "quantization-aware step rate against the float step, 256^2 CR 50"),
 )
+_CODEC = ("-m", "experiments.bench_codec", "--out_dir={out}/{name}")
+_CODEC_RESULT = "{out}/{name}/results.json"
+_HIRES_2K = ("--images={data}/hires/*.png", "--steps=10000")
+_GPU_CODEC = (
+    Part("env", _GPU[0].args, 60, _GPU[0].what),
+    Part("codec_50k", (*_CODEC, "--images={data}/hires/elementary_Morskie_Oko.jpg",
+                       "--max_side=1134", "--crs=100", "--steps=50000"), 300,
+         "the file's drop after the paper's 50,000 steps: 1134x756 photo, CR 100",
+         _CODEC_RESULT, True),
+    Part("codec_hires_cr200", (*_CODEC, *_HIRES_2K, "--crs=200", "--relocate_every=500",
+                               "--lr_means=auto"), 360,
+         "equal bytes, hires <= 2048 px, CR 200, 10,000 steps, `compress`'s training",
+         _CODEC_RESULT, True),
+    Part("codec_hires_cr100", (*_CODEC, *_HIRES_2K, "--crs=100", "--relocate_every=500",
+                               "--lr_means=auto"), 360,
+         "equal bytes, hires <= 2048 px, CR 100, 10,000 steps, `compress`'s training",
+         _CODEC_RESULT, True),
+    Part("codec_hires_cr200_paper", (*_CODEC, *_HIRES_2K, "--crs=200"), 360,
+         "equal bytes, hires <= 2048 px, CR 200, 10,000 steps, the paper's training",
+         _CODEC_RESULT, True),
+)
 _SMOKE = (
     Part("env", _GPU[0].args, 60, _GPU[0].what),
     Part("render", (*_RENDER, "--sizes=48x32@20", "--backends=xla", "--repeats=1",
                     "--scan_steps=2"), 300, "a 48x32 scene"),
 )
-PROFILES = {"gpu": _GPU, "cpu": _CPU, "smoke": _SMOKE}
+PROFILES = {"gpu": _GPU, "cpu": _CPU, "gpu_codec": _GPU_CODEC, "smoke": _SMOKE}
 
 
 def environment() -> dict:
@@ -134,22 +169,25 @@ def environment() -> dict:
             "auto_probe_s": probe_s, "auto_decode": auto.auto_backend(dev, forward_only=True)}
 
 
-def prepare_inputs(inputs: Path) -> dict[str, str]:
-    """Writes the images the parts read into `inputs` (once); the placeholders' values."""
+def prepare_inputs(inputs: Path, data: str = "") -> dict[str, str]:
+    """Writes the images the parts read into `inputs` (once); the placeholders' values
+    (`data`: the photographs' folder, {data})."""
     from smartsplat_jax import DEMO_IMAGE, load_image, save_image
 
     inputs.mkdir(parents=True, exist_ok=True)
     big = inputs / "demo_2048x1365.png"
     if not big.exists():
         save_image(big, resize_image(load_image(DEMO_IMAGE), 2048, 1365))
-    return {"inputs": str(inputs), "demo": str(DEMO_IMAGE)}
+    return {"inputs": str(inputs), "demo": str(DEMO_IMAGE), "data": data}
 
 
 def run_part(part: Part, out: Path, values: dict[str, str], timeout_s: float) -> dict:
     """Runs one part (its own process group, killed whole at the limit); its summary row."""
     argv = [sys.executable] + [a.format(out=out, name=part.name, **values) for a in part.args]
-    log, result = out / f"{part.name}.log", out / f"{part.name}.json"
-    result.unlink(missing_ok=True)  # a row from an earlier run is not this run's
+    log = out / f"{part.name}.log"
+    result = Path(part.result.format(out=out, name=part.name, **values))
+    if not part.resumable:
+        result.unlink(missing_ok=True)  # a row from an earlier run is not this run's
     t0 = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, text=True,
@@ -179,11 +217,13 @@ def _tables(log: str) -> list[str]:
         return []
 
 
-def run_suite(parts, out: Path, budget_s: float = 0.0, min_part_s: float = 20.0) -> list[dict]:
-    """Runs `parts` in order under the budget (0: none); one summary row per part."""
+def run_suite(parts, out: Path, budget_s: float = 0.0, min_part_s: float = 20.0,
+              data: str = "") -> list[dict]:
+    """Runs `parts` in order under the budget (0: none); one summary row per part. `data`:
+    the photographs' folder, {data} in the parts' arguments."""
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    values = prepare_inputs(out / "inputs")
+    values = prepare_inputs(out / "inputs", data)
     summary = []
     for part in parts:
         left = budget_s - (time.perf_counter() - start) if budget_s else float("inf")
@@ -222,11 +262,15 @@ def main(argv):
         parts = [p for p in parts if p.name in _ONLY.value]
     if _LIST.value:
         for p in parts:
-            print(f"{p.name:18s} {p.timeout_s:5.0f} s  {p.what}\n{'':25s}python "
+            print(f"{p.name:24s} {p.timeout_s:5.0f} s  {p.what}\n{'':31s}python "
                   + " ".join(p.args))
         return
+    if any("{data}" in a for p in parts for a in p.args) and not os.path.isdir(_DATA.value):
+        sys.exit(f"error: --data_dir={_DATA.value} is not a folder: the parts "
+                 f"{', '.join(p.name for p in parts if any('{data}' in a for a in p.args))} "
+                 "read the photographs there (hires/ inside it)")
     out = Path(_OUT.value)
-    summary = run_suite(parts, out, _BUDGET.value, _MIN_PART.value)
+    summary = run_suite(parts, out, _BUDGET.value, _MIN_PART.value, _DATA.value)
     print("\n| part | status | wall s | what |\n|---|---|---|---|")
     for r in summary:
         print(f"| {r['part']} | {r['status']} | {r['wall_s']:.1f} | {r['what']} |")

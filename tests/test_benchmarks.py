@@ -1,5 +1,6 @@
 """Smoke tests of the benchmark launchers on tiny inputs (they must not rot)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -106,6 +107,35 @@ def test_bench_suite_records_failures_timeouts_and_the_budget(tmp_path):
     assert status["late"].startswith("skipped:")
     assert (tmp_path / "fail.log").read_text() == "| x |\n"
     assert (tmp_path / "inputs" / "demo_2048x1365.png").exists()
+
+
+def test_bench_suite_keeps_a_resumable_parts_rows_and_reads_them_where_it_writes(tmp_path):
+    from experiments.bench_suite import Part, run_suite
+
+    # A launcher that resumes from its own results file (as bench_codec): the suite keeps the
+    # file, fills {data} and reads the rows from the part's `result` path.
+    script = ("import json, os, sys; p = sys.argv[1]; os.makedirs(os.path.dirname(p), "
+              "exist_ok=True); old = json.load(open(p)) if os.path.exists(p) else []; "
+              "json.dump(old + [dict(data=sys.argv[2])], open(p, 'w'))")
+    part = Part("resumes", ("-c", script, "{out}/{name}/results.json", "{data}"), 60,
+                "appends a row", "{out}/{name}/results.json", True)
+    assert run_suite([part], tmp_path, data="photos")[0]["rows"] == [{"data": "photos"}]
+    rows = run_suite([part], tmp_path, data="photos")[0]["rows"]
+    assert rows == [{"data": "photos"}] * 2  # the second run continued the first's file
+    once = dataclasses.replace(part, resumable=False)
+    assert run_suite([once], tmp_path, data="x")[0]["rows"] == [{"data": "x"}]
+
+
+def test_bench_suite_codec_profile_lists_its_parts_and_needs_the_photographs(tmp_path):
+    listed = _run(["experiments.bench_suite", "--profile=gpu_codec", "--list"])
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    for needle in ("codec_50k", "--steps=50000", "--max_side=1134", "codec_hires_cr200",
+                   "--lr_means=auto", "codec_hires_cr200_paper"):
+        assert needle in listed.stdout
+    missing = _run(["experiments.bench_suite", "--profile=gpu_codec",
+                    f"--data_dir={tmp_path / 'none'}", f"--out_dir={tmp_path / 'out'}"])
+    assert missing.returncode != 0 and "is not a folder" in missing.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything ran
 
 
 def test_bench_suite_smoke_profile(tmp_path):
