@@ -11,11 +11,11 @@ decoded file's PSNR / SSIM / MS-SSIM and the drop, the file's bytes and the shar
 budget used, N and bytes per Gaussian, encode and decode times, and each classic codec at (at
 most) the same bytes. With --float_reference it also trains float-only for the same steps
 (the PSNR a float model reaches, for the drop against it); --relocate_every trains with
-relocation (`train.relocate`) and --lr_means=auto with the position rate of `smartsplat
-compress` (`train.default_lr_means`): their cells, rows and means are kept apart from the
-paper's training, which is the default. Per image it draws the
-rate-distortion curves (PSNR and MS-SSIM against bits per pixel; the classic codecs over their
-quality range, SmartSplat at the CRs run) as rd_<image>.png.
+relocation (`train.relocate`), --lr_means=auto and --lr_scales=auto with the positions' and
+the scales' rates of `smartsplat compress` (`train.default_lr_means`, `default_lr_scales`):
+their cells, rows and means are kept apart from the paper's training, which is the default.
+Per image it draws the rate-distortion curves (PSNR and MS-SSIM against bits per pixel; the
+classic codecs over their quality range, SmartSplat at the CRs run) as rd_<image>.png.
 
 Writes results.json (resumable: cells already there are skipped), results.md and the plots
 in --out_dir.
@@ -47,6 +47,9 @@ _LR_MEANS = flags.DEFINE_string("lr_means", "paper", "The positions' rate: paper
                                 "normalized units per step), auto (`smartsplat compress`'s: "
                                 "0.3 px per step along the longer side, at least 1e-4; "
                                 "train.default_lr_means) or a number.")
+_LR_SCALES = flags.DEFINE_string("lr_scales", "paper", "The scales' rate: paper (5e-2 px per "
+                                 "step), auto (`smartsplat compress`'s: 0.1 px per step; "
+                                 "train.default_lr_scales) or a number.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
 _CLASSIC = flags.DEFINE_list("classic", ["jpeg", "webp", "avif"], "Classic codecs to compare.")
 _MAX_SIDE = flags.DEFINE_integer("max_side", 0, "Downscale larger images to this long side "
@@ -56,7 +59,8 @@ _FLOAT_REF = flags.DEFINE_bool("float_reference", False,
 _OUT = flags.DEFINE_string("out_dir", "results/bench_codec", "Output folder.")
 
 _QUALITIES = (2, 5, 10, 20, 30, 45, 60, 75, 90)
-COLUMNS = ("image", "size", "cr", "steps", "relocate_every", "lr_means", "num_gaussians",
+COLUMNS = ("image", "size", "cr", "steps", "relocate_every", "lr_means", "lr_scales",
+           "num_gaussians",
            "file_gaussians", "file_bytes", "budget_used", "bytes_per_gaussian", "psnr_float",
            "psnr_float_ref", "psnr", "drop", "ssim", "ms_ssim", "jpeg_psnr", "webp_psnr",
            "avif_psnr", "encode_s", "decode_s", "train_s", "rollbacks", "nonfinite_grad_chunks")
@@ -80,19 +84,20 @@ def _working_image(path: str, out: Path) -> str:
     return str(dst)
 
 
-def lr_means_for(setting: str, height: int, width: int) -> float:
-    """The positions' rate of an --lr_means setting for an H x W image; ValueError naming a
-    bad one."""
-    from smartsplat_jax.train import config_for_method, default_lr_means
+def rate_for(name: str, setting: str, height: int, width: int) -> float:
+    """The rate `name` ("lr_means" or "lr_scales") of a --lr_means / --lr_scales setting for an
+    H x W image: paper (`config_for_method`), auto (`smartsplat compress`'s,
+    `train.user_training`) or a number; ValueError naming a bad one."""
+    from smartsplat_jax.train import config_for_method, user_training
 
     if setting == "paper":
-        return config_for_method("smartsplat").lr_means
+        return getattr(config_for_method("smartsplat"), name)
     if setting == "auto":
-        return default_lr_means("smartsplat", height, width)
+        return user_training("smartsplat", _STEPS.value, height, width)[name]
     try:
         return float(setting)
     except ValueError:
-        raise ValueError(f"--lr_means={setting!r} must be paper, auto or a number") from None
+        raise ValueError(f"--{name}={setting!r} must be paper, auto or a number") from None
 
 
 def run_cell(image_path: str, cr: float, out: Path) -> dict:
@@ -105,16 +110,19 @@ def run_cell(image_path: str, cr: float, out: Path) -> dict:
     from smartsplat_jax.render import render
 
     gaussians = gaussians_value(_GAUSSIANS.value)
-    every, rate = _RELOCATE.value, _LR_MEANS.value
+    every, rate, srate = _RELOCATE.value, _LR_MEANS.value, _LR_SCALES.value
     image = load_image(image_path)
     h, w = image.shape[:2]
     cell = out / "cells" / (f"{Path(image_path).stem}_cr{cr:g}_{_STEPS.value}"
                             + (f"_r{every}" if every else "")
-                            + (f"_m{rate}" if rate != "paper" else ""))
+                            + (f"_m{rate}" if rate != "paper" else "")
+                            + (f"_s{srate}" if srate != "paper" else ""))
     m = run_fit(image_path, cell, cr=cr, steps=_STEPS.value, backend=_BACKEND.value,
                 seed=_SEED.value, gaussians=gaussians, resume=True, visualize=False,
                 eval_every=0, checkpoint_every=0, chunk_steps=min(_STEPS.value, 100),
-                progress=False, relocate_every=every, lr_means=lr_means_for(rate, h, w))
+                progress=False, relocate_every=every,
+                lr_means=rate_for("lr_means", rate, h, w),
+                lr_scales=rate_for("lr_scales", srate, h, w))
     data = (cell / "image.ssplat").read_bytes()
     t0 = time.perf_counter()
     params, _, _ = codec.decode(data)
@@ -122,9 +130,11 @@ def run_cell(image_path: str, cr: float, out: Path) -> dict:
     decode_s = time.perf_counter() - t0
     row = {"image": os.path.basename(image_path), "size": f"{w}x{h}", "cr": cr,
            "steps": _STEPS.value, "relocate_every": _RELOCATE.value, "lr_means": rate,
-           "lr_means_used": m["lr_means"],
+           "lr_means_used": m["lr_means"], "lr_scales": srate,
+           "lr_scales_used": m["lr_scales"],
            "num_gaussians": m["num_gaussians"],
-           "file_gaussians": m.get("file_gaussians"), "file_bytes": m["file_bytes"], "budget_bytes": m["budget_bytes"],
+           "file_gaussians": m.get("file_gaussians"), "file_bytes": m["file_bytes"],
+           "budget_bytes": m["budget_bytes"],
            "budget_used": m["budget_used"], "bpp": 8 * m["file_bytes"] / (h * w),
            "bytes_per_gaussian": m["bytes_per_gaussian"], "psnr_float": m["psnr_float"],
            "psnr": m["psnr"], "drop": m["psnr_float"] - m["psnr"], "ssim": m["ssim"],
@@ -138,7 +148,8 @@ def run_cell(image_path: str, cr: float, out: Path) -> dict:
         p0, _ = initialize("smartsplat", jax.random.PRNGKey(_SEED.value), image,
                            m["num_gaussians"])
         cfg = config_for_method("smartsplat", steps=_STEPS.value, backend=_BACKEND.value,
-                                lr_means=m["lr_means"], eval_every=0, checkpoint_every=0,
+                                lr_means=m["lr_means"], lr_scales=m["lr_scales"],
+                                eval_every=0, checkpoint_every=0,
                                 chunk_steps=min(_STEPS.value, 100))
         pf, _ = fit(image, p0, cfg, progress=False)
         row["psnr_float_ref"] = metrics.psnr(render(pf, h, w, backend=_BACKEND.value), image)
@@ -151,10 +162,11 @@ def run_cell(image_path: str, cr: float, out: Path) -> dict:
     return row
 
 
-def _training(r: dict) -> tuple[int, int, str]:
-    """(steps, relocate_every, the --lr_means setting) of a row: what its Gaussians were
-    trained with."""
-    return int(r["steps"]), int(r.get("relocate_every") or 0), str(r.get("lr_means", "paper"))
+def _training(r: dict) -> tuple[int, int, str, str]:
+    """(steps, relocate_every, the --lr_means and --lr_scales settings) of a row: what its
+    Gaussians were trained with."""
+    return (int(r["steps"]), int(r.get("relocate_every") or 0),
+            str(r.get("lr_means", "paper")), str(r.get("lr_scales", "paper")))
 
 
 def _plot(image_path: str, rows: list[dict], out: Path) -> None:
@@ -167,7 +179,7 @@ def _plot(image_path: str, rows: list[dict], out: Path) -> None:
 
     image = load_image(image_path)
     name = os.path.basename(image_path)
-    groups = {}  # one curve per training (steps, relocation, rate), each over its CRs
+    groups = {}  # one curve per training (steps, relocation, rates), each over its CRs
     for r in sorted((r for r in rows if r["image"] == name), key=lambda r: r["bpp"]):
         groups.setdefault(_training(r), []).append(r)
     if not groups:
@@ -179,10 +191,11 @@ def _plot(image_path: str, rows: list[dict], out: Path) -> None:
     panels = []
     for key, label in (("psnr", "PSNR (dB)"), ("ms_ssim", "MS-SSIM")):
         curves = {}
-        for (steps, every, rate), ours in sorted(groups.items()):
+        for (steps, every, rate, srate), ours in sorted(groups.items()):
             tag = "" if len(groups) == 1 else f", {steps} steps" + (
                 f", relocation every {every}" if every else "") + (
-                f", positions' rate {rate}" if rate != "paper" else "")
+                f", positions' rate {rate}" if rate != "paper" else "") + (
+                f", scales' rate {srate}" if srate != "paper" else "")
             curves[f"SmartSplat (.ssplat){tag}"] = (
                 [r["bpp"] for r in ours],
                 [r[key] if r[key] is not None else float("nan") for r in ours])
@@ -221,8 +234,8 @@ def write_reports(out: Path, rows: list[dict]) -> None:
     for cr, *training in sorted({(r["cr"], *_training(r)) for r in rows}):
         rs = [r for r in rows if r["cr"] == cr and list(_training(r)) == training]
         m = {"image": f"mean of {len(rs)}", "cr": cr,
-             **dict(zip(("steps", "relocate_every", "lr_means"), training))}
-        for c in COLUMNS[6:]:  # after "lr_means"
+             **dict(zip(("steps", "relocate_every", "lr_means", "lr_scales"), training))}
+        for c in COLUMNS[7:]:  # after "lr_scales"
             vals = [r[c] for r in rs if isinstance(r.get(c), (int, float))]
             m[c] = sum(vals) / len(vals) if len(vals) == len(rs) and vals else None
         means.append(m)
@@ -238,7 +251,8 @@ def main(argv):
     from smartsplat_jax.train import TrainingDiverged
 
     try:
-        lr_means_for(_LR_MEANS.value, 1, 1)  # a bad setting fails before any work
+        rate_for("lr_means", _LR_MEANS.value, 1, 1)  # a bad setting fails before any work
+        rate_for("lr_scales", _LR_SCALES.value, 1, 1)
     except ValueError as e:
         sys.exit(f"error: {e}")
     images, crs, out = launcher_inputs(_IMAGES.value, _CLASSIC.value, _CRS.value, _OUT.value,
@@ -248,7 +262,8 @@ def main(argv):
     for image in images:
         work = _working_image(image, out)
         for cr in crs:
-            key = (os.path.basename(work), cr, _STEPS.value, _RELOCATE.value, _LR_MEANS.value)
+            key = (os.path.basename(work), cr, _STEPS.value, _RELOCATE.value, _LR_MEANS.value,
+                   _LR_SCALES.value)
             if any((r["image"], r["cr"], *_training(r)) == key for r in rows):
                 print(f"skip (done): {key}", flush=True)
                 continue

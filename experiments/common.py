@@ -65,10 +65,10 @@ TRAIN_FIELDS = ("lambda_l1", "lr_means", "lr_scales", "lr_colors", "lr_rotation"
 def training_overrides(c, height: int, width: int) -> dict:
     """The FitConfig fields that `experiments.fit` configuration `c` sets for an H x W
     image (its None fields keep the method's defaults), with the front-end's training
-    resolved where `c` leaves it None: relocation and the position rate,
+    resolved where `c` leaves it None: relocation and the positions' and scales' rates,
     `train.user_training(method, steps, height, width)` (for smartsplat, relocation every 500
-    or steps // 4 steps and 0.3 px per step; the baselines' own; the paper configuration
-    sets the paper's)."""
+    or steps // 4 steps, positions 0.3 px and scales 0.1 px per step; the baselines' own; the
+    paper configuration sets the paper's)."""
     from smartsplat_jax.train import user_training
 
     overrides = {k: c[k] for k in TRAIN_FIELDS if c.get(k) is not None}

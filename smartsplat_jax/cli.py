@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
                         "the image) per step (default, for smartsplat: 0.3 px per step along "
                         "the longer side, 0.6/max(H, W), and at least the paper's 1e-4; the "
                         "other methods: their own)")
+    c.add_argument("--lr-scales", type=float, default=None,
+                   help="the scales' learning rate, in pixels per step (default, for "
+                        "smartsplat: 0.1, twice the paper's 5e-2; the other methods: their "
+                        "own)")
     c.add_argument("--method", default="smartsplat", choices=METHODS)
     c.add_argument("--backend", default="auto", help="renderer: auto | xla | pallas | reference")
     c.add_argument("--seed", type=int, default=0, help="PRNG seed of the initialization")
@@ -162,8 +166,10 @@ def _compress(args) -> int:
     _check_output(args.output, args.force, args.input)
     _check_not_an_image_name(args.output)
     ckpt = _checkpoint_dir(args.output)
-    # The front-end's training where the user gave none (relocation, the position rate).
-    given = {"relocate_every": args.relocate_every, "lr_means": args.lr_means}
+    # The front-end's training where the user gave none (relocation, the positions' and the
+    # scales' rates).
+    given = {"relocate_every": args.relocate_every, "lr_means": args.lr_means,
+             "lr_scales": args.lr_scales}
     auto = user_training(args.method, args.steps, *sio.image_size(args.input))
     training = {k: auto[k] if v is None else v for k, v in given.items()}
     data, r = compress_image(args.input, cr=args.cr, method=args.method, steps=args.steps,

@@ -130,7 +130,7 @@ def test_bench_suite_codec_profile_lists_its_parts_and_needs_the_photographs(tmp
     listed = _run(["experiments.bench_suite", "--profile=gpu_codec", "--list"])
     assert listed.returncode == 0, listed.stderr[-2000:]
     for needle in ("codec_50k", "--steps=50000", "--max_side=1134", "codec_hires_cr200",
-                   "--lr_means=auto", "codec_hires_cr200_paper"):
+                   "--lr_means=auto", "--lr_scales=auto", "codec_hires_cr200_paper"):
         assert needle in listed.stdout
     missing = _run(["experiments.bench_suite", "--profile=gpu_codec",
                     f"--data_dir={tmp_path / 'none'}", f"--out_dir={tmp_path / 'out'}"])
@@ -179,18 +179,22 @@ def test_bench_codec_writes_rows_and_plots(tmp_path):
     assert sorted(by) == [0, 2] and all(m["image"] == "mean of 1" for m in by.values())
     for r in data["cells"]:
         assert by[r["relocate_every"]]["psnr"] == r["psnr"]
-    # The CLI's position rate (0.3 px per step along the 80-px side) is a training of its own.
-    rated = _run(args + ["--relocate_every=2", "--lr_means=auto"])
+    # The CLI's rates (positions 0.3 px per step along the 80-px side, scales 0.1 px per
+    # step) are a training of their own.
+    rated = _run(args + ["--relocate_every=2", "--lr_means=auto", "--lr_scales=auto"])
     assert rated.returncode == 0 and "skip (done)" not in rated.stdout
     data = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert [(r["relocate_every"], r["lr_means"]) for r in data["cells"]] == [
-        (0, "paper"), (2, "paper"), (2, "auto")]
+    assert [(r["relocate_every"], r["lr_means"], r["lr_scales"]) for r in data["cells"]] == [
+        (0, "paper", "paper"), (2, "paper", "paper"), (2, "auto", "auto")]
     assert data["cells"][0]["lr_means_used"] == 1e-4
+    assert data["cells"][0]["lr_scales_used"] == 5e-2
     assert data["cells"][2]["lr_means_used"] == pytest.approx(0.6 / 80, rel=1e-12)
+    assert data["cells"][2]["lr_scales_used"] == 0.1
     assert len(data["means"]) == 3
-    bad = _run(args + ["--lr_means=fast"])
-    assert bad.returncode != 0 and "--lr_means='fast' must be paper, auto or a number" in (
-        bad.stdout + bad.stderr)
+    for flag in ("--lr_means", "--lr_scales"):
+        bad = _run(args + [f"{flag}=fast"])
+        assert bad.returncode != 0 and f"{flag}='fast' must be paper, auto or a number" in (
+            bad.stdout + bad.stderr)
 
 
 def test_bench_decode_writes_rows(tmp_path):

@@ -156,16 +156,17 @@ def test_gaussians_flag_takes_paper_auto_or_a_count(capsys):
 _RATE = 2 * 0.3 / 768
 
 
-@pytest.mark.parametrize("flags, every, rate", [
-    (["--steps=1000"], 250, _RATE),  # the defaults: relocation (min(500, steps // 4)) and
-    (["--steps=20000"], 500, _RATE),  # 0.3 px per step for smartsplat
-    (["--steps=300"], 0, _RATE),  # too short a run to relocate in
-    (["--steps=1000", "--relocate-every=0", "--lr-means=1e-4"], 0, 1e-4),  # the paper's
-    (["--steps=1000", "--relocate-every=100"], 100, _RATE),
-    (["--steps=1000", "--method=gaussianimage-rs"], 0, 1e-3),  # baselines train as published
+@pytest.mark.parametrize("flags, every, rate, scales", [
+    (["--steps=1000"], 250, _RATE, 0.1),  # the defaults: relocation (min(500, steps // 4)),
+    (["--steps=20000"], 500, _RATE, 0.1),  # 0.3 px per step for the positions and 0.1 px
+    (["--steps=300"], 0, _RATE, 0.1),  # for the scales (smartsplat); too short to relocate
+    (["--steps=1000", "--relocate-every=0", "--lr-means=1e-4", "--lr-scales=0.05"], 0, 1e-4,
+     0.05),  # the paper's
+    (["--steps=1000", "--relocate-every=100", "--lr-scales=0.2"], 100, _RATE, 0.2),
+    (["--steps=1000", "--method=gaussianimage-rs"], 0, 1e-3, 1e-3),  # as published
 ])
 def test_compress_trains_with_the_front_end_defaults(monkeypatch, tmp_path, capsys, flags,
-                                                     every, rate):
+                                                     every, rate, scales):
     import smartsplat_jax.pipeline as pipeline
 
     seen = {}
@@ -180,4 +181,5 @@ def test_compress_trains_with_the_front_end_defaults(monkeypatch, tmp_path, caps
     assert "stopped by the test" in capsys.readouterr().err
     assert seen["relocate_every"] == every
     assert seen["lr_means"] == pytest.approx(rate, rel=1e-12)
+    assert seen["lr_scales"] == scales
     assert not (tmp_path / "x.ssplat").exists()

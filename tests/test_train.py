@@ -418,7 +418,8 @@ def test_fit_launcher_end_to_end(small_photo, tmp_path):
     assert m["relocate_every"] == 0 and m["relocated"] == 0  # 20 steps: too short to relocate
     # The front-end's position rate, 0.3 px per step along the longer side, was trained with.
     assert m["lr_means"] == pytest.approx(0.6 / max(h, w), rel=1e-12)
-    assert "px along the longer side" in out.stdout
+    assert m["lr_scales"] == 0.1  # and the scales 0.1 px per step
+    assert "px along the longer side" in out.stdout and "scales' rate 0.1 px" in out.stdout
     decoded, dh, dw = codec.decode(data)
     # The file holds the Gaussians the render draws (codec.prune), and says how many.
     assert (dh, dw) == (h, w) and decoded.num == m["file_gaussians"] <= params.num
@@ -432,9 +433,10 @@ def test_fit_launcher_end_to_end(small_photo, tmp_path):
 
 
 def test_fit_launcher_resolves_the_front_end_training():
-    # The default config relocates SmartSplat runs (train.default_relocate_every) and moves
-    # their positions 0.3 px per step (train.default_lr_means); the paper configuration, the
-    # baselines and explicit values are kept as they are.
+    # The default config relocates SmartSplat runs (train.default_relocate_every), moves
+    # their positions 0.3 px per step (train.default_lr_means) and their scales 0.1 px per
+    # step (train.default_lr_scales); the paper configuration, the baselines and explicit
+    # values are kept as they are.
     from experiments.common import training_overrides
     from experiments.configs import default, paper
 
@@ -442,24 +444,27 @@ def test_fit_launcher_resolves_the_front_end_training():
     assert training_overrides(c, 512, 768)["relocate_every"] == 250  # 1,000 steps
     assert training_overrides(c, 512, 768)["lr_means"] == pytest.approx(0.6 / 768)
     assert training_overrides(c, 8000, 6000)["lr_means"] == 1e-4  # never below the paper's
+    assert training_overrides(c, 512, 768)["lr_scales"] == 0.1
     c.steps = 20_000
     assert training_overrides(c, 64, 64)["relocate_every"] == 500
     c.method = "gaussianimage-rs"
     assert training_overrides(c, 64, 64)["relocate_every"] == 0
     assert training_overrides(c, 64, 64)["lr_means"] == 1e-3  # GaussianImage's own
-    c.method, c.relocate_every, c.lr_means = "smartsplat", 0, 5e-4
+    assert training_overrides(c, 64, 64)["lr_scales"] == 1e-3
+    c.method, c.relocate_every, c.lr_means, c.lr_scales = "smartsplat", 0, 5e-4, 0.07
     assert training_overrides(c, 64, 64)["relocate_every"] == 0
     c.relocate_every = 125
     assert training_overrides(c, 64, 64) == {"relocate_every": 125, "lr_means": 5e-4,
-                                             "chunk_steps": 100, "eval_every": 250,
-                                             "checkpoint_every": 500, "max_retries": 3}
+                                             "lr_scales": 0.07, "chunk_steps": 100,
+                                             "eval_every": 250, "checkpoint_every": 500,
+                                             "max_retries": 3}
     p = training_overrides(paper.get_config(), 64, 64)
-    assert p["relocate_every"] == 0 and p["lr_means"] == 1e-4
+    assert p["relocate_every"] == 0 and p["lr_means"] == 1e-4 and p["lr_scales"] == 5e-2
 
 
-def test_default_lr_means_by_hand():
+def test_front_end_rates_by_hand():
     from smartsplat_jax.train import (METHODS, config_for_method, default_lr_means,
-                                      user_training)
+                                      default_lr_scales, user_training)
 
     # SmartSplat: 0.3 px per step along the longer side (x_pix = 0.5 W (x + 1)), never below
     # the paper's 1e-4 normalized units.
@@ -473,8 +478,14 @@ def test_default_lr_means_by_hand():
     for m in METHODS:
         if m != "smartsplat":
             assert default_lr_means(m, 256, 256) == config_for_method(m).lr_means
+    # The scales: 0.1 px per step for SmartSplat, twice the paper's 5e-2; the others' own.
+    assert default_lr_scales("smartsplat") == 0.1 == 2 * config_for_method("smartsplat").lr_scales
+    for m in METHODS:
+        if m != "smartsplat":
+            assert default_lr_scales(m) == config_for_method(m).lr_scales
     assert user_training("smartsplat", 1000, 256, 256) == {
-        "relocate_every": 250, "lr_means": default_lr_means("smartsplat", 256, 256)}
+        "relocate_every": 250, "lr_means": default_lr_means("smartsplat", 256, 256),
+        "lr_scales": 0.1}
 
 
 @pytest.mark.parametrize("flag,needle", [("--cr=-3", "cr=-3"), ("--steps=0", "steps=0"),

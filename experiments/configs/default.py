@@ -21,6 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
     # The positions' rate (normalized units per step). None: for smartsplat, 0.3 px per step
     # along the longer side and at least the paper's 1e-4 (train.config.default_lr_means).
     c.lr_means = ml_collections.FieldReference(None, field_type=float)
+    # The scales' rate (px per step). None: for smartsplat 0.1, twice the paper's
+    # (train.config.default_lr_scales).
     c.lr_scales = ml_collections.FieldReference(None, field_type=float)
     c.lr_colors = ml_collections.FieldReference(None, field_type=float)
     c.lr_rotation = ml_collections.FieldReference(None, field_type=float)

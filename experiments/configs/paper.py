@@ -12,6 +12,7 @@ def get_config():
     c.gaussians = "paper"  # N = floor(3 H W / (7 CR)), as the paper
     c.relocate_every = 0  # no relocation of invisible Gaussians: the paper's training
     c.lr_means = 1e-4  # the paper's position rate in normalized units, whatever the size
+    c.lr_scales = 5e-2  # the paper's scales' rate (px per step)
     c.eval_every = 5000
     c.checkpoint_every = 5000
     c.chunk_steps = 500

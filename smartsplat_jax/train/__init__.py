@@ -15,6 +15,7 @@ _EXPORTS = {
     "default_qat_steps": "config", "default_qat_stages": "config",
     "default_relocate_every": "config", "RELOCATABLE_METHODS": "config",
     "default_lr_means": "config", "user_training": "config", "MEANS_PX_PER_STEP": "config",
+    "default_lr_scales": "config", "SCALES_PX_PER_STEP": "config",
     "TrainingDiverged": "loop", "TrainingInterrupted": "loop", "QatSchedule": "loop",
     "fit": "loop", "loss_value": "loop", "qat_schedule": "loop", "snap": "loop",
     "initialize": "methods", "train_method": "methods", "make_optimizer": "optim",
