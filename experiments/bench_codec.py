@@ -60,10 +60,10 @@ _OUT = flags.DEFINE_string("out_dir", "results/bench_codec", "Output folder.")
 
 _QUALITIES = (2, 5, 10, 20, 30, 45, 60, 75, 90)
 COLUMNS = ("image", "size", "cr", "steps", "relocate_every", "lr_means", "lr_scales",
-           "num_gaussians",
-           "file_gaussians", "file_bytes", "budget_used", "bytes_per_gaussian", "psnr_float",
-           "psnr_float_ref", "psnr", "drop", "ssim", "ms_ssim", "jpeg_psnr", "webp_psnr",
-           "avif_psnr", "encode_s", "decode_s", "train_s", "rollbacks", "nonfinite_grad_chunks")
+           "num_gaussians", "file_gaussians", "file_bytes", "budget_used", "bytes_per_gaussian",
+           "psnr_float", "psnr_float_ref", "psnr", "drop", "ssim", "ms_ssim", "jpeg_psnr",
+           "webp_psnr", "avif_psnr", "encode_s", "decode_s", "train_s", "rollbacks",
+           "nonfinite_grad_chunks")
 
 
 def _working_image(path: str, out: Path) -> str:
