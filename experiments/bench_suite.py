@@ -265,10 +265,10 @@ def main(argv):
             print(f"{p.name:24s} {p.timeout_s:5.0f} s  {p.what}\n{'':31s}python "
                   + " ".join(p.args))
         return
-    if any("{data}" in a for p in parts for a in p.args) and not os.path.isdir(_DATA.value):
+    readers = [p.name for p in parts if any("{data}" in a for a in p.args)]
+    if readers and not os.path.isdir(_DATA.value):
         sys.exit(f"error: --data_dir={_DATA.value} is not a folder: the parts "
-                 f"{', '.join(p.name for p in parts if any('{data}' in a for a in p.args))} "
-                 "read the photographs there (hires/ inside it)")
+                 f"{', '.join(readers)} read the photographs there (hires/ inside it)")
     out = Path(_OUT.value)
     summary = run_suite(parts, out, _BUDGET.value, _MIN_PART.value, _DATA.value)
     print("\n| part | status | wall s | what |\n|---|---|---|---|")

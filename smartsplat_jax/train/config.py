@@ -265,8 +265,9 @@ def default_lr_scales(method: str) -> float:
     CR 20, 1,000 steps: 39.41 -> 39.54 dB; six Kodak photos at CR 20, 1,000 steps: mean
     28.19 -> 28.33 dB (each -0.02 to +0.33; SSIM up on all six).
     """
-    paper = config_for_method(method).lr_scales
-    return SCALES_PX_PER_STEP if method == "smartsplat" else paper
+    if method != "smartsplat":
+        return config_for_method(method).lr_scales
+    return SCALES_PX_PER_STEP
 
 
 def user_training(method: str, steps: int, height: int, width: int) -> dict:
