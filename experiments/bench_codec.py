@@ -12,8 +12,9 @@ budget used, N and bytes per Gaussian, encode and decode times, and each classic
 most) the same bytes. With --float_reference it also trains float-only for the same steps
 (the PSNR a float model reaches, for the drop against it); --relocate_every trains with
 relocation (`train.relocate`), --lr_means=auto and --lr_scales=auto with the positions' and
-the scales' rates of `smartsplat compress` (`train.default_lr_means`, `default_lr_scales`):
-their cells, rows and means are kept apart from the paper's training, which is the default.
+the scales' rates of `smartsplat compress` (`train.default_lr_means`, `default_lr_scales`),
+--loss=l2 with the mean squared error: their cells, rows and means are kept apart from the
+paper's training, which is the default.
 Per image it draws the rate-distortion curves (PSNR and MS-SSIM against bits per pixel; the
 classic codecs over their quality range, SmartSplat at the CRs run) as rd_<image>.png.
 
@@ -50,6 +51,9 @@ _LR_MEANS = flags.DEFINE_string("lr_means", "paper", "The positions' rate: paper
 _LR_SCALES = flags.DEFINE_string("lr_scales", "paper", "The scales' rate: paper (5e-2 px per "
                                  "step), auto (`smartsplat compress`'s: 0.1 px per step; "
                                  "train.default_lr_scales) or a number.")
+_LOSS = flags.DEFINE_enum("loss", "smartsplat", ["smartsplat", "l2"],
+                          "What training minimises: smartsplat (L1 and 1 - SSIM, the paper's) "
+                          "or l2 (the MSE; `smartsplat compress --loss l2`).")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
 _CLASSIC = flags.DEFINE_list("classic", ["jpeg", "webp", "avif"], "Classic codecs to compare.")
 _MAX_SIDE = flags.DEFINE_integer("max_side", 0, "Downscale larger images to this long side "
@@ -59,7 +63,7 @@ _FLOAT_REF = flags.DEFINE_bool("float_reference", False,
 _OUT = flags.DEFINE_string("out_dir", "results/bench_codec", "Output folder.")
 
 _QUALITIES = (2, 5, 10, 20, 30, 45, 60, 75, 90)
-COLUMNS = ("image", "size", "cr", "steps", "relocate_every", "lr_means", "lr_scales",
+COLUMNS = ("image", "size", "cr", "steps", "relocate_every", "lr_means", "lr_scales", "loss",
            "num_gaussians", "file_gaussians", "file_bytes", "budget_used", "bytes_per_gaussian",
            "psnr_float", "psnr_float_ref", "psnr", "drop", "ssim", "ms_ssim", "jpeg_psnr",
            "webp_psnr", "avif_psnr", "encode_s", "decode_s", "train_s", "rollbacks",
@@ -110,19 +114,20 @@ def run_cell(image_path: str, cr: float, out: Path) -> dict:
     from smartsplat_jax.render import render
 
     gaussians = gaussians_value(_GAUSSIANS.value)
-    every, rate, srate = _RELOCATE.value, _LR_MEANS.value, _LR_SCALES.value
+    every, rate, srate, loss = _RELOCATE.value, _LR_MEANS.value, _LR_SCALES.value, _LOSS.value
     image = load_image(image_path)
     h, w = image.shape[:2]
     cell = out / "cells" / (f"{Path(image_path).stem}_cr{cr:g}_{_STEPS.value}"
                             + (f"_r{every}" if every else "")
                             + (f"_m{rate}" if rate != "paper" else "")
-                            + (f"_s{srate}" if srate != "paper" else ""))
+                            + (f"_s{srate}" if srate != "paper" else "")
+                            + (f"_{loss}" if loss != "smartsplat" else ""))
     m = run_fit(image_path, cell, cr=cr, steps=_STEPS.value, backend=_BACKEND.value,
                 seed=_SEED.value, gaussians=gaussians, resume=True, visualize=False,
                 eval_every=0, checkpoint_every=0, chunk_steps=min(_STEPS.value, 100),
                 progress=False, relocate_every=every,
                 lr_means=rate_for("lr_means", rate, h, w),
-                lr_scales=rate_for("lr_scales", srate, h, w))
+                lr_scales=rate_for("lr_scales", srate, h, w), loss=loss)
     data = (cell / "image.ssplat").read_bytes()
     t0 = time.perf_counter()
     params, _, _ = codec.decode(data)
@@ -131,7 +136,7 @@ def run_cell(image_path: str, cr: float, out: Path) -> dict:
     row = {"image": os.path.basename(image_path), "size": f"{w}x{h}", "cr": cr,
            "steps": _STEPS.value, "relocate_every": _RELOCATE.value, "lr_means": rate,
            "lr_means_used": m["lr_means"], "lr_scales": srate,
-           "lr_scales_used": m["lr_scales"],
+           "lr_scales_used": m["lr_scales"], "loss": loss,
            "num_gaussians": m["num_gaussians"],
            "file_gaussians": m.get("file_gaussians"), "file_bytes": m["file_bytes"],
            "budget_bytes": m["budget_bytes"],
@@ -148,7 +153,7 @@ def run_cell(image_path: str, cr: float, out: Path) -> dict:
         p0, _ = initialize("smartsplat", jax.random.PRNGKey(_SEED.value), image,
                            m["num_gaussians"])
         cfg = config_for_method("smartsplat", steps=_STEPS.value, backend=_BACKEND.value,
-                                lr_means=m["lr_means"], lr_scales=m["lr_scales"],
+                                lr_means=m["lr_means"], lr_scales=m["lr_scales"], loss=loss,
                                 eval_every=0, checkpoint_every=0,
                                 chunk_steps=min(_STEPS.value, 100))
         pf, _ = fit(image, p0, cfg, progress=False)
@@ -162,11 +167,12 @@ def run_cell(image_path: str, cr: float, out: Path) -> dict:
     return row
 
 
-def _training(r: dict) -> tuple[int, int, str, str]:
-    """(steps, relocate_every, the --lr_means and --lr_scales settings) of a row: what its
-    Gaussians were trained with."""
+def _training(r: dict) -> tuple[int, int, str, str, str]:
+    """(steps, relocate_every, the --lr_means and --lr_scales settings, the loss) of a row:
+    what its Gaussians were trained with."""
     return (int(r["steps"]), int(r.get("relocate_every") or 0),
-            str(r.get("lr_means", "paper")), str(r.get("lr_scales", "paper")))
+            str(r.get("lr_means", "paper")), str(r.get("lr_scales", "paper")),
+            str(r.get("loss", "smartsplat")))
 
 
 def _plot(image_path: str, rows: list[dict], out: Path) -> None:
@@ -191,11 +197,12 @@ def _plot(image_path: str, rows: list[dict], out: Path) -> None:
     panels = []
     for key, label in (("psnr", "PSNR (dB)"), ("ms_ssim", "MS-SSIM")):
         curves = {}
-        for (steps, every, rate, srate), ours in sorted(groups.items()):
+        for (steps, every, rate, srate, loss), ours in sorted(groups.items()):
             tag = "" if len(groups) == 1 else f", {steps} steps" + (
                 f", relocation every {every}" if every else "") + (
                 f", positions' rate {rate}" if rate != "paper" else "") + (
-                f", scales' rate {srate}" if srate != "paper" else "")
+                f", scales' rate {srate}" if srate != "paper" else "") + (
+                f", {loss} loss" if loss != "smartsplat" else "")
             curves[f"SmartSplat (.ssplat){tag}"] = (
                 [r["bpp"] for r in ours],
                 [r[key] if r[key] is not None else float("nan") for r in ours])
@@ -234,8 +241,9 @@ def write_reports(out: Path, rows: list[dict]) -> None:
     for cr, *training in sorted({(r["cr"], *_training(r)) for r in rows}):
         rs = [r for r in rows if r["cr"] == cr and list(_training(r)) == training]
         m = {"image": f"mean of {len(rs)}", "cr": cr,
-             **dict(zip(("steps", "relocate_every", "lr_means", "lr_scales"), training))}
-        for c in COLUMNS[7:]:  # after "lr_scales"
+             **dict(zip(("steps", "relocate_every", "lr_means", "lr_scales", "loss"),
+                        training))}
+        for c in COLUMNS[COLUMNS.index("loss") + 1:]:
             vals = [r[c] for r in rs if isinstance(r.get(c), (int, float))]
             m[c] = sum(vals) / len(vals) if len(vals) == len(rs) and vals else None
         means.append(m)
@@ -263,7 +271,7 @@ def main(argv):
         work = _working_image(image, out)
         for cr in crs:
             key = (os.path.basename(work), cr, _STEPS.value, _RELOCATE.value, _LR_MEANS.value,
-                   _LR_SCALES.value)
+                   _LR_SCALES.value, _LOSS.value)
             if any((r["image"], r["cr"], *_training(r)) == key for r in rows):
                 print(f"skip (done): {key}", flush=True)
                 continue

@@ -57,7 +57,7 @@ def devices_value(v: str):
 
 
 # The FitConfig fields an `experiments.fit` configuration may set (configs/default.py).
-TRAIN_FIELDS = ("lambda_l1", "lr_means", "lr_scales", "lr_colors", "lr_rotation",
+TRAIN_FIELDS = ("loss", "lambda_l1", "lr_means", "lr_scales", "lr_colors", "lr_rotation",
                 "qat_stages", "relocate_every", "chunk_steps", "eval_every",
                 "checkpoint_every", "max_retries")
 

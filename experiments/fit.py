@@ -111,7 +111,8 @@ def main(argv):
     px = 0.5 * max(result["width"], result["height"]) * result["lr_means"]
     print(f"positions' rate {result['lr_means']:.3g} per step ({px:.2g} px along the longer "
           f"side; --config.lr_means=1e-4 is the paper's), scales' rate "
-          f"{result['lr_scales']:.3g} px per step (--config.lr_scales=0.05 is the paper's)")
+          f"{result['lr_scales']:.3g} px per step (--config.lr_scales=0.05 is the paper's), "
+          f"loss {result['loss']}")
     if result.get("relocate_every"):
         print(f"relocation every {result['relocate_every']} steps: {result['relocated']} "
               "invisible Gaussians moved to where the error was (0 turns it off: "

@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from smartsplat_jax.train.config import METHODS, RELOCATABLE_METHODS
+    from smartsplat_jax.train.config import LOSSES, METHODS, RELOCATABLE_METHODS
 
     p = _Parser(prog="smartsplat", description=(
         "Compress images into 2D Gaussians (SmartSplat) and decode them at any size."))
@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="the scales' learning rate, in pixels per step (default, for "
                         "smartsplat: 0.1, twice the paper's 5e-2; the other methods: their "
                         "own)")
+    c.add_argument("--loss", default=None, choices=LOSSES,
+                   help="what training minimises: smartsplat (L1 and 1 - SSIM, the paper's) "
+                        "or l2 (the mean squared error, which PSNR measures: at low rates it "
+                        "raises PSNR and lowers SSIM, see the README); default: the method's "
+                        "own (smartsplat for smartsplat)")
     c.add_argument("--method", default="smartsplat", choices=METHODS)
     c.add_argument("--backend", default="auto", help="renderer: auto | xla | pallas | reference")
     c.add_argument("--seed", type=int, default=0, help="PRNG seed of the initialization")
@@ -172,6 +177,8 @@ def _compress(args) -> int:
              "lr_scales": args.lr_scales}
     auto = user_training(args.method, args.steps, *sio.image_size(args.input))
     training = {k: auto[k] if v is None else v for k, v in given.items()}
+    if args.loss is not None:
+        training["loss"] = args.loss
     data, r = compress_image(args.input, cr=args.cr, method=args.method, steps=args.steps,
                              qat_steps=args.qat_steps, backend=args.backend, seed=args.seed,
                              gaussians=args.gaussians, auto_pilot_steps=args.auto_pilot_steps,

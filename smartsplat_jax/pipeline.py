@@ -14,7 +14,7 @@ with the rate control of `codec.rate.BudgetQuantizer`), encodes the file and wri
   metrics.json     psnr, ssim, ms_ssim, num_gaussians (trained), file_gaussians (in the file:
                    those the render does not need are left out, `codec.prune`), steps,
                    relocate_every and relocated (`train.relocate`), lr_means and
-                   lr_scales (the positions' and the scales' rates), train_seconds,
+                   lr_scales (the positions' and the scales' rates), loss, train_seconds,
                    height, width, cr, method, backend, device, jax_version, and more
                    (see `run_fit`);
                    strict JSON: an infinite PSNR (an exact reconstruction, "lossless": true)
@@ -138,8 +138,9 @@ def _encode_and_decode(image, params: P.GaussianParams, history: dict, config: F
     the start of the quantization-aware phase, or the trained params when there was none),
     qat_steps, qat_stages (its snapping stages per group), relocate_every and relocated (the
     Gaussians moved by relocation, all relocations together), lr_means and lr_scales (the
-    positions' and the scales' rates trained with), actual_cr, bytes_per_gaussian
-    (of the file's Gaussians) and decode_seconds (file -> decoded render)."""
+    positions' and the scales' rates trained with), loss (what training minimised),
+    actual_cr, bytes_per_gaussian (of the file's Gaussians) and decode_seconds (file ->
+    decoded render)."""
     h, w = int(image.shape[0]), int(image.shape[1])
     psnr_float = history.get("psnr_before_qat")
     if psnr_float is None:
@@ -154,7 +155,7 @@ def _encode_and_decode(image, params: P.GaussianParams, history: dict, config: F
                           if history.get("qat_start") is not None else 0),
             "qat_stages": history.get("qat_stages") or 0,
             "relocate_every": config.relocate_every, "lr_means": config.lr_means,
-            "lr_scales": config.lr_scales,
+            "lr_scales": config.lr_scales, "loss": config.loss,
             "relocated": sum(r["moved"] for r in history.get("relocated") or []),
             "actual_cr": 3 * h * w / len(data),
             "bytes_per_gaussian": len(data) / enc["file_gaussians"],

@@ -130,7 +130,8 @@ def test_bench_suite_codec_profile_lists_its_parts_and_needs_the_photographs(tmp
     listed = _run(["experiments.bench_suite", "--profile=gpu_codec", "--list"])
     assert listed.returncode == 0, listed.stderr[-2000:]
     for needle in ("codec_50k", "--steps=50000", "--max_side=1134", "codec_hires_cr200",
-                   "--lr_means=auto", "--lr_scales=auto", "codec_hires_cr200_paper"):
+                   "--lr_means=auto", "--lr_scales=auto", "codec_hires_cr200_paper",
+                   "codec_hires_cr200_l2", "--loss=l2"):
         assert needle in listed.stdout
     missing = _run(["experiments.bench_suite", "--profile=gpu_codec",
                     f"--data_dir={tmp_path / 'none'}", f"--out_dir={tmp_path / 'out'}"])
@@ -181,11 +182,15 @@ def test_bench_codec_writes_rows_and_plots(tmp_path):
         assert by[r["relocate_every"]]["psnr"] == r["psnr"]
     # The CLI's rates (positions 0.3 px per step along the 80-px side, scales 0.1 px per
     # step) are a training of their own.
-    rated = _run(args + ["--relocate_every=2", "--lr_means=auto", "--lr_scales=auto"])
+    # The CLI's rates with the L2 loss (--loss=l2) are a training of their own too.
+    rated = _run(args + ["--relocate_every=2", "--lr_means=auto", "--lr_scales=auto",
+                         "--loss=l2"])
     assert rated.returncode == 0 and "skip (done)" not in rated.stdout
     data = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert [(r["relocate_every"], r["lr_means"], r["lr_scales"]) for r in data["cells"]] == [
-        (0, "paper", "paper"), (2, "paper", "paper"), (2, "auto", "auto")]
+    assert [(r["relocate_every"], r["lr_means"], r["lr_scales"], r["loss"])
+            for r in data["cells"]] == [(0, "paper", "paper", "smartsplat"),
+                                        (2, "paper", "paper", "smartsplat"),
+                                        (2, "auto", "auto", "l2")]
     assert data["cells"][0]["lr_means_used"] == 1e-4
     assert data["cells"][0]["lr_scales_used"] == 5e-2
     assert data["cells"][2]["lr_means_used"] == pytest.approx(0.6 / 80, rel=1e-12)

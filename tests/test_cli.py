@@ -164,6 +164,7 @@ _RATE = 2 * 0.3 / 768
      0.05),  # the paper's
     (["--steps=1000", "--relocate-every=100", "--lr-scales=0.2"], 100, _RATE, 0.2),
     (["--steps=1000", "--method=gaussianimage-rs"], 0, 1e-3, 1e-3),  # as published
+    (["--steps=1000", "--loss=l2"], 250, _RATE, 0.1),  # another loss, the same rates
 ])
 def test_compress_trains_with_the_front_end_defaults(monkeypatch, tmp_path, capsys, flags,
                                                      every, rate, scales):
@@ -182,4 +183,6 @@ def test_compress_trains_with_the_front_end_defaults(monkeypatch, tmp_path, caps
     assert seen["relocate_every"] == every
     assert seen["lr_means"] == pytest.approx(rate, rel=1e-12)
     assert seen["lr_scales"] == scales
+    # --loss is passed on when given; otherwise the method's own loss (no override)
+    assert seen.get("loss") == ("l2" if "--loss=l2" in flags else None)
     assert not (tmp_path / "x.ssplat").exists()

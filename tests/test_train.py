@@ -394,7 +394,7 @@ def test_fit_launcher_end_to_end(small_photo, tmp_path):
     path, img = small_photo
     work = tmp_path / "run"
     out = _run(["experiments.fit", f"--image={path}", "--cr=15", "--steps=20", f"--workdir={work}",
-                "--config.chunk_steps=10", "--config.eval_every=10"])
+                "--config.chunk_steps=10", "--config.eval_every=10", "--config.loss=l2"])
     assert out.returncode == 0, out.stderr[-3000:]
     assert "PSNR" in out.stdout
     assert "real CR" in out.stdout
@@ -420,6 +420,7 @@ def test_fit_launcher_end_to_end(small_photo, tmp_path):
     assert m["lr_means"] == pytest.approx(0.6 / max(h, w), rel=1e-12)
     assert m["lr_scales"] == 0.1  # and the scales 0.1 px per step
     assert "px along the longer side" in out.stdout and "scales' rate 0.1 px" in out.stdout
+    assert m["loss"] == "l2" and "loss l2" in out.stdout  # the config's loss was trained
     decoded, dh, dw = codec.decode(data)
     # The file holds the Gaussians the render draws (codec.prune), and says how many.
     assert (dh, dw) == (h, w) and decoded.num == m["file_gaussians"] <= params.num
@@ -453,8 +454,10 @@ def test_fit_launcher_resolves_the_front_end_training():
     assert training_overrides(c, 64, 64)["lr_scales"] == 1e-3
     c.method, c.relocate_every, c.lr_means, c.lr_scales = "smartsplat", 0, 5e-4, 0.07
     assert training_overrides(c, 64, 64)["relocate_every"] == 0
-    c.relocate_every = 125
+    assert "loss" not in training_overrides(c, 64, 64)  # None: the method's own
+    c.relocate_every, c.loss = 125, "l2"
     assert training_overrides(c, 64, 64) == {"relocate_every": 125, "lr_means": 5e-4,
+                                             "loss": "l2",
                                              "lr_scales": 0.07, "chunk_steps": 100,
                                              "eval_every": 250, "checkpoint_every": 500,
                                              "max_retries": 3}

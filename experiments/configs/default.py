@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.workdir = "results/fit"
     # Training (FitConfig fields; None keeps the method's default, see SPEC §6 and §10).
+    # What training minimises: "smartsplat" (L1 and 1 - SSIM, SPEC §5) or "l2" (the MSE,
+    # which PSNR measures; README "The loss"). None: the method's own.
+    c.loss = ml_collections.FieldReference(None, field_type=str)
     c.lambda_l1 = ml_collections.FieldReference(None, field_type=float)
     # The positions' rate (normalized units per step). None: for smartsplat, 0.3 px per step
     # along the longer side and at least the paper's 1e-4 (train.config.default_lr_means).
