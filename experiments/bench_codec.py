@@ -167,12 +167,22 @@ def run_cell(image_path: str, cr: float, out: Path) -> dict:
     return row
 
 
+# What a row's Gaussians were trained with (`_training`): rows that differ in any of these
+# are kept apart (cells, skips, means, curves).
+_TRAINING_FIELDS = ("steps", "relocate_every", "lr_means", "lr_scales", "loss")
+
+
 def _training(r: dict) -> tuple[int, int, str, str, str]:
-    """(steps, relocate_every, the --lr_means and --lr_scales settings, the loss) of a row:
-    what its Gaussians were trained with."""
+    """A row's `_TRAINING_FIELDS` (rows written before a field existed read as its default:
+    no relocation, the paper's rates and loss)."""
     return (int(r["steps"]), int(r.get("relocate_every") or 0),
             str(r.get("lr_means", "paper")), str(r.get("lr_scales", "paper")),
             str(r.get("loss", "smartsplat")))
+
+
+def _flags_training() -> tuple[int, int, str, str, str]:
+    """The `_TRAINING_FIELDS` the flags of this run train with."""
+    return (_STEPS.value, _RELOCATE.value, _LR_MEANS.value, _LR_SCALES.value, _LOSS.value)
 
 
 def _plot(image_path: str, rows: list[dict], out: Path) -> None:
@@ -241,9 +251,8 @@ def write_reports(out: Path, rows: list[dict]) -> None:
     for cr, *training in sorted({(r["cr"], *_training(r)) for r in rows}):
         rs = [r for r in rows if r["cr"] == cr and list(_training(r)) == training]
         m = {"image": f"mean of {len(rs)}", "cr": cr,
-             **dict(zip(("steps", "relocate_every", "lr_means", "lr_scales", "loss"),
-                        training))}
-        for c in COLUMNS[COLUMNS.index("loss") + 1:]:
+             **dict(zip(_TRAINING_FIELDS, training))}
+        for c in COLUMNS[COLUMNS.index(_TRAINING_FIELDS[-1]) + 1:]:
             vals = [r[c] for r in rs if isinstance(r.get(c), (int, float))]
             m[c] = sum(vals) / len(vals) if len(vals) == len(rs) and vals else None
         means.append(m)
@@ -270,8 +279,7 @@ def main(argv):
     for image in images:
         work = _working_image(image, out)
         for cr in crs:
-            key = (os.path.basename(work), cr, _STEPS.value, _RELOCATE.value, _LR_MEANS.value,
-                   _LR_SCALES.value, _LOSS.value)
+            key = (os.path.basename(work), cr, *_flags_training())
             if any((r["image"], r["cr"], *_training(r)) == key for r in rows):
                 print(f"skip (done): {key}", flush=True)
                 continue
