@@ -26,7 +26,8 @@ paper's N: 300 steps 26.94 / 27.27 / 27.53 / 27.92 dB (best 1.41x), 3,000 steps
 At CR 20 on the same crop: 300 steps 29.96 / 30.60 / 30.86 / 30.85 dB, 3,000 steps
 32.92 / 33.39 / 33.66 / 32.90 dB (best 1.19x both). At CR 200 with the L2 loss, 4,000
 steps, whole photos at 1024 px, 1 / 1.19 / 1.41 / 1.68 x: CLIC2020_5 30.30 / 30.50 / 30.33 dB
-(float 30.36 / 30.77 / 31.39; the search stopped there), Morskie_Oko 30.13 / 30.50 / 30.68 / 30.67 dB.
+(float 30.36 / 30.77 / 31.39; the search stopped there), Morskie_Oko 30.13 / 30.50 / 30.68 /
+30.67 dB.
 """
 
 from __future__ import annotations
