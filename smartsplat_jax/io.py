@@ -11,7 +11,9 @@ Reading rules:
     stored, *not* composited over a background. Gaussians model colour only.
   * Bit depth: 8-bit data is divided by 255, 16-bit data by 65535. Pillow truncates 16-bit
     colour PNG and TIFF files to 8 bits, so those two are decoded with `imagecodecs`
-    (libpng / libtiff) at full depth. 32-bit float TIFFs are taken as [0, 1] and clipped.
+    (libpng / libtiff) at full depth. 32-bit float grey TIFFs are taken as [0, 1] and
+    clipped; NaN or infinite values are refused. TIFFs of other sample formats Pillow cannot
+    read (64-bit or colour floating point) are refused with a message saying so.
   * The EXIF orientation tag is applied, so the array is upright as a viewer shows it.
   * Size: Pillow's decompression-bomb refusal (about 179 M pixels) is lifted so that
     16K x 16K (268 M pixels) files load; instead images over `max_pixels` (default
@@ -112,6 +114,16 @@ def _check_file(path: Path) -> None:
         raise ImageError(f"{path}: file is empty (0 bytes)")
 
 
+def _is_tiff(path: Path) -> bool:
+    """True when the file starts with a TIFF or BigTIFF signature (little or big endian)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+
+
 def _png_bit_depth(path: Path) -> int | None:
     """The bit depth field of a PNG's IHDR chunk, or None if unreadable."""
     with open(path, "rb") as f:
@@ -164,7 +176,7 @@ def _pillow_pixels(im: Image.Image) -> np.ndarray:
         arr = np.asarray(im)
         if arr.size and (arr.min() < 0 or arr.max() > 65535):
             raise ImageError(
-                f"32-bit integer image with values in [{arr.min()}, {arr.max()}]; "
+                f"signed or 32-bit integer image with values in [{arr.min()}, {arr.max()}]; "
                 "only 8- and 16-bit data (0..65535) is supported"
             )
         return arr.astype(np.uint16)
@@ -218,6 +230,12 @@ def _reading(path: Path) -> Iterator[None]:
             raise
         raise ImageError(f"{path}: {e}") from None
     except UnidentifiedImageError:
+        if _is_tiff(path):
+            raise ImageError(
+                f"{path}: a TIFF file whose sample format cannot be read; supported are 8- and "
+                "16-bit integer samples (grey, RGB, RGBA) and 32-bit floating-point grey, not "
+                "e.g. 64-bit or floating-point colour samples: convert it to 8 or 16 bits"
+            ) from None
         raise ImageError(f"{path}: not an image file (no known image format)") from None
     except (OSError, SyntaxError, ValueError, struct.error, zlib.error, EOFError) as e:
         raise ImageError(f"{path}: truncated or corrupt image data ({e})") from None
@@ -265,7 +283,8 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.
 
     Raises:
       ImageError: missing file, directory, empty file, not an image, truncated or corrupt
-        data, zero-sized image, or more than `max_pixels` pixels. The message names the path.
+        data, a sample format that cannot be read, NaN or infinite floating-point samples,
+        zero-sized image, or more than `max_pixels` pixels. The message names the path.
     """
     path = Path(path)
     limit = _max_pixels(max_pixels)
@@ -284,6 +303,12 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.
             arr = _pillow_pixels(im)
     if arr.size == 0:
         raise ImageError(f"{path}: image has zero size ({arr.shape})")
+    if arr.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        if bad:
+            raise ImageError(f"{path}: {bad} of {arr.size} sample values are NaN or infinite; a "
+                             "floating-point image must hold finite values (read as [0, 1], "
+                             "values outside clipped)")
     return _to_float_rgb(_apply_orientation(arr, orientation))
 
 

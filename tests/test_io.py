@@ -309,3 +309,46 @@ def test_json_bytes_is_strict_json():
            "rows": ({"x": -float("inf")}, [np.int64(3)])}
     back = json.loads(json_bytes(obj), parse_constant=lambda c: pytest.fail(c))
     assert back == {"psnr": None, "nan": None, "ok": 1.5, "np": 2.0, "rows": [{"x": None}, [3]]}
+
+
+def test_float_grey_tiff_is_clipped_to_unit_range(tmp_path):
+    grey = np.linspace(-0.5, 1.5, 35, dtype=np.float32).reshape(7, 5)
+    p = tmp_path / "f.tif"
+    Image.fromarray(grey).save(p)
+    out = load_image(p)
+    assert out.shape == (7, 5, 3) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.repeat(np.clip(grey, 0, 1)[:, :, None], 3, 2))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_float_tiff_with_non_finite_values_is_refused(tmp_path, bad):
+    grey = np.full((7, 5), 0.5, np.float32)
+    grey[2, 3] = grey[4, 1] = bad
+    p = tmp_path / "nan.tif"
+    Image.fromarray(grey).save(p)
+    with pytest.raises(ImageError, match=r"nan\.tif: 2 of 35 sample values are NaN or infinite"):
+        load_image(p)
+
+
+def _patch_tiff_tag(data: bytes, tag: int, value: int) -> bytes:
+    """A little-endian TIFF with the inline SHORT value of `tag` in its first IFD replaced."""
+    out = bytearray(data)
+    assert out[:4] == b"II*\0"
+    ifd = struct.unpack_from("<I", out, 4)[0]
+    for i in range(struct.unpack_from("<H", out, ifd)[0]):
+        at = ifd + 2 + 12 * i
+        if struct.unpack_from("<H", out, at)[0] == tag:
+            struct.pack_into("<H", out, at + 8, value)
+            return bytes(out)
+    raise AssertionError(f"tag {tag} not found")
+
+
+def test_tiff_sample_format_pillow_cannot_read_is_named(tmp_path):
+    src = tmp_path / "f.tif"
+    Image.fromarray(np.zeros((7, 5), np.float32)).save(src)
+    p = tmp_path / "f64.tif"  # BitsPerSample 64 with SampleFormat float: no Pillow mode
+    p.write_bytes(_patch_tiff_tag(src.read_bytes(), 258, 64))
+    for read in (load_image, image_size):
+        with pytest.raises(ImageError, match=r"f64\.tif: a TIFF file whose sample format "
+                                             r"cannot be read"):
+            read(p)
