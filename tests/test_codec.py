@@ -138,6 +138,44 @@ def test_quantize_hand_values():
     np.testing.assert_allclose(q.colors[0], [1 / np.sqrt(3)] * 3, atol=1e-6)
 
 
+def test_decoded_values_are_one_rounding_of_an_integer_times_the_step():
+    """A code k decodes to float32(lo + k) * step exactly (one rounding of an exact integer,
+    as the module docstring defines it, whatever the compiler fuses), so a zero colour, a
+    pruned Gaussian's, decodes to exactly 0; in dequantize, its jitted copy and fake_quantize
+    alike. (lo * step + k * step rounds twice, and as a fused multiply-add gives about 1e-9
+    instead of 0.)"""
+    spec = codec.QuantSpec(pos_exp=-16, scale_exp=-11, scale_lo=-61, scale_levels=200,
+                           color_exp=-37, color_lo=(-40, -77, -123), color_levels=(300, 200, 250),
+                           opacity_exp=-61, opacity_lo=-3, opacity_levels=300)
+    g = codec.grid(spec)
+    n = 500
+    rng = np.random.default_rng(5)
+    codes = codec.Codes(
+        position=jnp.zeros((n, 2), jnp.int32),
+        scale=jnp.asarray(rng.integers(30, 200, n), jnp.int32),
+        aniso=jnp.asarray(rng.integers(0, 30, n), jnp.int32), angle=jnp.zeros(n, jnp.int32),
+        color=jnp.asarray(np.stack([rng.integers(0, k, n) for k in spec.color_levels], -1)
+                          .astype(np.int32)).at[0].set(jnp.asarray([40, 77, 123])),
+        opacity=jnp.asarray(rng.integers(0, 300, n), jnp.int32).at[0].set(3))
+    f32 = np.float32
+    step = {k: f32(Q.step_value(getattr(spec, k + "_exp"))) for k in ("scale", "color",
+                                                                      "opacity")}
+    major = (spec.scale_lo + np.asarray(codes.scale)).astype(f32) * step["scale"]
+    luma_chroma = ((np.asarray(spec.color_lo) + np.asarray(codes.color)).astype(f32)
+                   * step["color"])
+    opacity = (spec.opacity_lo + np.asarray(codes.opacity)).astype(f32) * step["opacity"]
+    for dequantize in (codec.dequantize, jax.jit(codec.dequantize, static_argnums=(2, 3))):
+        q = dequantize(codes, g, 8, 8)
+        np.testing.assert_allclose(np.log2(np.asarray(q.scales[:, 0])), major, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(q.opacity[:, 0]), opacity)
+        np.testing.assert_allclose(Q.canonical_colors(q.colors), luma_chroma, atol=1e-6)
+        assert np.all(np.asarray(q.colors[0]) == 0) and float(q.opacity[0, 0]) == 0.0
+    zero = scene(0, 4, 8, 8, opacity=True)
+    zero = zero.replace(colors=jnp.zeros_like(zero.colors), opacity=jnp.zeros_like(zero.opacity))
+    fq = jax.jit(codec.fake_quantize, static_argnums=(2, 3))(zero, g, 8, 8)
+    assert np.all(np.asarray(fq.colors) == 0) and np.all(np.asarray(fq.opacity) == 0)
+
+
 def test_angle_levels_table_properties():
     spec = codec.QuantSpec(scale_exp=-32, scale_levels=10)
     t = Q.angle_levels_table(spec)
@@ -216,13 +254,13 @@ def test_project_keeps_in_range_values_and_clamps_the_rest():
                     means=p.means.at[2].set(jnp.asarray([40.0, -40.0])))
     moved = codec.project(far, g, H, W)
     c = Q.canonical_colors(moved.colors[:1])[0]
-    lo = np.asarray(g.color_lo) - float(g.color_step) / 2
+    lo = (np.asarray(g.color_lo) - 0.5) * float(g.color_step)  # integer offsets (Grid)
     hi = lo + (np.asarray(g.color_top) + 1) * float(g.color_step)
     assert np.all(c >= lo - 1e-5) and np.all(c <= hi + 1e-5)
     s = np.abs(np.asarray(moved.scales[1]))
     step = float(g.scale_step)
-    assert 2.0 ** (float(g.scale_lo) - step / 2) <= s.min() and s.max() <= 2.0 ** (
-        float(g.scale_lo) + (int(g.scale_top) + 0.5) * step)
+    assert 2.0 ** ((int(g.scale_lo) - 0.5) * step) <= s.min() and s.max() <= 2.0 ** (
+        (int(g.scale_lo) + int(g.scale_top) + 0.5) * step)
     assert float(moved.scales[1, 1]) < 0  # the raw sign is kept
     np.testing.assert_allclose(P.normalized_to_pixel(moved.means[2], H, W), [2 * W, -H])
     # Projected params quantize to what the clamping quantizer gave already.

@@ -277,7 +277,11 @@ def test_quantization_aware_phase_beats_rounding():
     psnr = {"float": metrics.psnr(render(floated, h, w, backend="xla"), img),
             "rounded": metrics.psnr(render(rounded, h, w, backend="xla"), img),
             "aware": metrics.psnr(render(decoded, h, w, backend="xla"), img)}
-    assert psnr["float"] > 60 and psnr["rounded"] < 45, psnr
+    # Float: Adam's first step leaves the optimum by about its step size whatever the
+    # gradient (36.9 dB after one step), and 60 steps come back to 67.0 dB on jax 0.10 and
+    # 59.1 dB on jax 0.12 (so near the optimum the gradient is rounding noise, and another
+    # XLA rounds differently).
+    assert psnr["float"] > 55 and psnr["rounded"] < 45, psnr
     assert psnr["aware"] > psnr["rounded"] + 2.0, psnr  # measured: +2.9 dB
 
 

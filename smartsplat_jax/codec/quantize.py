@@ -185,12 +185,20 @@ class Grid(NamedTuple):
 
     Attributes:
       pos_step: [] float32 px.
-      scale_lo: [] float32, log2 px of scale code 0; scale_step: [] float32 octaves;
+      scale_lo: [] int32, the grid index of scale code 0 (code k: log2 px =
+        (scale_lo + k) * scale_step); scale_step: [] float32 octaves;
       scale_top: [] int32, the largest scale code.
       angle_levels: [MAX_LEVELS] int32, L(d) for d = 0 .. MAX_LEVELS - 1.
-      color_lo: [3] float32 (luma/chroma value of code 0); color_step: [] float32;
+      color_lo: [3] int32, the grid index of colour code 0 (code k of channel j: luma/chroma
+        value (color_lo[j] + k) * color_step); color_step: [] float32;
       color_top: [3] int32, the largest colour code per channel.
-      opacity_lo, opacity_step: [] float32; opacity_top: [] int32 (-1: opacity not stored).
+      opacity_lo: [] int32 (the same for the opacity); opacity_step: [] float32;
+      opacity_top: [] int32 (-1: opacity not stored).
+
+    The offsets are integers so that a value is one rounding of an exact integer,
+    (lo + k) * step: the same float whatever the compiler fuses (a fused multiply-add of
+    lo * step + k * step would not be), and exactly 0 where lo + k = 0 (a pruned Gaussian's
+    colour, an opacity of 0).
     """
 
     pos_step: jax.Array
@@ -253,14 +261,14 @@ def grid(spec: QuantSpec) -> Grid:
     f32 = np.float32
     return Grid(
         pos_step=jnp.asarray(f32(step_value(spec.pos_exp))),
-        scale_lo=jnp.asarray(f32(spec.scale_lo) * f32(ss)),
+        scale_lo=jnp.asarray(spec.scale_lo, jnp.int32),
         scale_step=jnp.asarray(f32(ss)),
         scale_top=jnp.asarray(spec.scale_levels - 1, jnp.int32),
         angle_levels=jnp.asarray(angle_levels_table(spec)),
-        color_lo=jnp.asarray(np.asarray(spec.color_lo, f32) * f32(cs)),
+        color_lo=jnp.asarray(spec.color_lo, jnp.int32),
         color_step=jnp.asarray(f32(cs)),
         color_top=jnp.asarray(np.asarray(spec.color_levels, np.int32) - 1),
-        opacity_lo=jnp.asarray(f32(spec.opacity_lo) * f32(os_)),
+        opacity_lo=jnp.asarray(spec.opacity_lo, jnp.int32),
         opacity_step=jnp.asarray(f32(os_)),
         opacity_top=jnp.asarray(spec.opacity_levels - 1, jnp.int32))
 
@@ -356,7 +364,7 @@ def _round_clip(x: jax.Array, top: jax.Array) -> jax.Array:
 def _log_scale_codes(params: P.GaussianParams, g: Grid) -> jax.Array:
     """[N, 2] scale codes of the two axes in the params' own order."""
     ls = jnp.log2(jnp.maximum(jnp.nan_to_num(jnp.abs(params.scales)), 1e-30))
-    return _round_clip(ls / g.scale_step - g.scale_lo / g.scale_step, g.scale_top)
+    return _round_clip(ls / g.scale_step - g.scale_lo.astype(ls.dtype), g.scale_top)
 
 
 def _angle_code(theta: jax.Array, levels: jax.Array) -> jax.Array:
@@ -396,11 +404,11 @@ def quantize(params: P.GaussianParams, g: Grid, height: int, width: int) -> Code
     angle = jnp.where(aniso > 0, _angle_code(theta, levels), 0)
 
     c = jnp.nan_to_num(params.colors) @ jnp.asarray(COLOR_BASIS.T, params.colors.dtype)
-    color = _round_clip(c / g.color_step - g.color_lo / g.color_step, g.color_top)
+    color = _round_clip(c / g.color_step - g.color_lo.astype(c.dtype), g.color_top)
 
     o = jnp.nan_to_num(params.opacity[:, 0])
     opacity = jnp.where(g.opacity_top >= 0,
-                        _round_clip(o / g.opacity_step - g.opacity_lo / g.opacity_step,
+                        _round_clip(o / g.opacity_step - g.opacity_lo.astype(o.dtype),
                                     jnp.maximum(g.opacity_top, 0)), 0)
     return Codes(position=position, scale=kmaj, aniso=aniso, angle=angle, color=color,
                  opacity=opacity)
@@ -414,15 +422,15 @@ def dequantize(codes: Codes, g: Grid, height: int, width: int) -> P.GaussianPara
     f32 = jnp.float32
     xy = codes.position.astype(f32) * g.pos_step
     means = P.pixel_to_normalized(xy, height, width)
-    lmaj = g.scale_lo + codes.scale.astype(f32) * g.scale_step
-    lmin = g.scale_lo + (codes.scale - codes.aniso).astype(f32) * g.scale_step
+    lmaj = (g.scale_lo + codes.scale).astype(f32) * g.scale_step
+    lmin = (g.scale_lo + codes.scale - codes.aniso).astype(f32) * g.scale_step
     scales = jnp.exp2(jnp.stack([lmaj, lmin], -1))
     levels = g.angle_levels[codes.aniso]
     theta = _angle_value(codes.angle, levels)
     rotation = P.angle_to_raw(theta)[:, None]
-    c = g.color_lo + codes.color.astype(f32) * g.color_step
+    c = (g.color_lo + codes.color).astype(f32) * g.color_step
     colors = c @ jnp.asarray(COLOR_BASIS, f32)
-    o = g.opacity_lo + codes.opacity.astype(f32) * g.opacity_step
+    o = (g.opacity_lo + codes.opacity).astype(f32) * g.opacity_step
     opacity = jnp.where(g.opacity_top >= 0, o, 1.0)[:, None]
     return P.GaussianParams(means=means, scales=scales, rotation=rotation, colors=colors,
                             opacity=opacity)
@@ -471,20 +479,20 @@ def project(params: P.GaussianParams, g: Grid, height: int, width: int) -> P.Gau
     hi = P.pixel_to_normalized(jnp.asarray([x1, y1], dt), height, width)
     means = jnp.clip(params.means, lo, hi)
     half = 0.499  # of a step: inside the cells of the first and last codes
-    smin = jnp.exp2(g.scale_lo - half * g.scale_step)
-    smax = jnp.exp2(g.scale_lo + (g.scale_top.astype(dt) + half) * g.scale_step)
+    smin = jnp.exp2((g.scale_lo.astype(dt) - half) * g.scale_step)
+    smax = jnp.exp2(((g.scale_lo + g.scale_top).astype(dt) + half) * g.scale_step)
     s = jnp.clip(jnp.abs(params.scales), smin, smax)
     scales = jnp.where(params.scales == s, params.scales, jnp.where(params.scales < 0, -s, s))
     basis = jnp.asarray(COLOR_BASIS, dt)
     c = params.colors @ basis.T
-    clo = g.color_lo - half * g.color_step
-    chi = g.color_lo + (g.color_top.astype(dt) + half) * g.color_step
+    clo = (g.color_lo.astype(dt) - half) * g.color_step
+    chi = ((g.color_lo + g.color_top).astype(dt) + half) * g.color_step
     moved = jnp.clip(c, clo, chi) - c
     colors = params.colors + moved @ basis  # exactly unchanged where nothing moved
     o = params.opacity
-    otop = jnp.maximum(g.opacity_top, 0).astype(dt)
+    otop = jnp.maximum(g.opacity_top, 0)
     opacity = jnp.where(g.opacity_top >= 0,
-                        jnp.clip(o, g.opacity_lo - half * g.opacity_step,
-                                 g.opacity_lo + (otop + half) * g.opacity_step), o)
+                        jnp.clip(o, (g.opacity_lo.astype(dt) - half) * g.opacity_step,
+                                 ((g.opacity_lo + otop).astype(dt) + half) * g.opacity_step), o)
     return P.GaussianParams(means=means, scales=scales, rotation=params.rotation, colors=colors,
                             opacity=opacity, blend=params.blend)
