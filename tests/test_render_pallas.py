@@ -232,6 +232,19 @@ def test_triton_support_by_compute_capability():
     assert not ok and "cpu" in why
 
 
+def test_a_jax_without_the_triton_backend_is_not_supported(monkeypatch):
+    """Pallas's Triton lowering is deprecated: where a jax no longer ships it, no GPU is
+    "supported", so "auto" decodes and trains with xla instead of failing to compile."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None
+                        if name == "jax.experimental.pallas.triton" else real(name, *a))
+    ok, why = PL.triton_supported(_fake_gpu("9.0"))
+    assert not ok and "no Pallas Triton backend" in why and jax.__version__ in why
+    assert auto.auto_backend(_fake_gpu("9.0"), forward_only=True) == "xla"
+
+
 def test_auto_is_xla_on_cpu_and_says_why(caplog, monkeypatch):
     monkeypatch.setattr(auto, "_decisions", {})
     with caplog.at_level(logging.INFO, logger="smartsplat_jax.render"):

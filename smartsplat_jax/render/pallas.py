@@ -45,6 +45,7 @@ buffer. Nothing scales with pixels x Gaussians.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 from typing import NamedTuple
 
@@ -84,12 +85,17 @@ def _check_static(tile, batch, capacity) -> None:
 def triton_supported(device=None) -> tuple[bool, str]:
     """(supported, reason): can the Triton lowering of the kernels run on `device`?
 
-    True on CUDA GPUs of compute capability >= 8.0 (Ampere and newer). `device`: a
-    jax.Device, default the first device of the default backend.
+    True on CUDA GPUs of compute capability >= 8.0 (Ampere and newer), with a jax that still
+    ships Pallas's Triton backend (deprecated since jax 0.11; where a later jax drops it,
+    "auto" takes `xla` for training and decoding alike). `device`: a jax.Device, default the
+    first device of the default backend.
     """
     device = jax.devices()[0] if device is None else device
     if device.platform != "gpu":
         return False, f"the device is {device.platform!r}, not a GPU (Pallas runs interpreted)"
+    if importlib.util.find_spec("jax.experimental.pallas.triton") is None:
+        return False, (f"jax {jax.__version__} has no Pallas Triton backend "
+                       "(jax.experimental.pallas.triton), which the kernels are written for")
     cc = getattr(device, "compute_capability", None)
     try:
         major = int(str(cc).split(".")[0])
