@@ -114,20 +114,23 @@ def _check_file(path: Path) -> None:
         raise ImageError(f"{path}: file is empty (0 bytes)")
 
 
-def _is_tiff(path: Path) -> bool:
-    """True when the file starts with a TIFF or BigTIFF signature (little or big endian)."""
+def _file_head(path: Path, n: int) -> bytes:
+    """The first n bytes of the file (fewer if it is shorter; none if it cannot be read)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
+            return f.read(n)
     except OSError:
-        return False
-    return head in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+        return b""
+
+
+def _is_tiff(path: Path) -> bool:
+    """True when the file starts with a TIFF or BigTIFF signature (little or big endian)."""
+    return _file_head(path, 4) in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 
 
 def _png_bit_depth(path: Path) -> int | None:
     """The bit depth field of a PNG's IHDR chunk, or None if unreadable."""
-    with open(path, "rb") as f:
-        head = f.read(33)
+    head = _file_head(path, 33)
     if len(head) < 25 or head[:8] != b"\x89PNG\r\n\x1a\n":
         return None
     return head[24]
