@@ -264,11 +264,24 @@ def render_bands(params: P.GaussianParams, height: int, width: int, rows: int, *
                  backend: str = "auto"):
     """Yields the height x width render of `params` as float32 bands [<= rows, width, 3],
     top to bottom. Each band renders the Gaussians shifted into a rows x width frame (one
-    compiled program for every band; the last is cropped), so memory is one band."""
-    mu = P.normalized_to_pixel(params.means, height, width)
+    compiled program for every band; the last is cropped), so memory is one band.
+
+    The shift is numpy arithmetic in the means' dtype (the formulas of
+    `params.normalized_to_pixel` and `pixel_to_normalized`, one IEEE operation at a time):
+    done with jnp, each operation would compile a program of its own. One band (rows >=
+    height) renders `params` as they are, as `render` would."""
+    if rows >= height:
+        yield np.asarray(render(params, height, width, backend=backend))
+        return
+    mu = np.asarray(params.means)
+    dt = mu.dtype
+    size = np.asarray([width, height], dt)
+    band_size = np.asarray([width, rows], dt)
+    pixel = dt.type(0.5) * size * (mu + dt.type(1.0))
     for y0 in range(0, height, rows):
-        shifted = mu - jnp.asarray([0.0, float(y0)], mu.dtype)
-        band = params.replace(means=P.pixel_to_normalized(shifted, rows, width))
+        shifted = pixel - np.asarray([0.0, float(y0)], dt)
+        means = dt.type(2.0) * shifted / band_size - dt.type(1.0)
+        band = params.replace(means=jax.device_put(means))
         img = np.asarray(render(band, rows, width, backend=backend))
         yield img[: min(rows, height - y0)]
 

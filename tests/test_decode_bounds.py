@@ -39,6 +39,17 @@ def test_banded_png_equals_the_whole_render(small_file, tmp_path, monkeypatch, w
     assert np.mean(np.abs(load_image(out) - expect) > 0.5 / 255) < 1e-3  # rounding ties only
 
 
+def test_render_bands_equal_the_whole_render(small_file):
+    _, decoded, h, w = small_file
+    whole = np.asarray(render(decoded, h, w, backend="xla"))
+    one = list(pipeline.render_bands(decoded, h, w, h, backend="xla"))
+    assert len(one) == 1 and np.array_equal(one[0], whole)  # one band: the same program
+    bands = list(pipeline.render_bands(decoded, h, w, 16, backend="xla"))
+    assert [b.shape for b in bands] == [(16, w, 3), (h - 16, w, 3)]
+    # Shifted frames: the same image up to the rounding of the shifted means.
+    np.testing.assert_allclose(np.concatenate(bands), whole, atol=2e-5)
+
+
 def test_the_plan_refuses_before_decoding(small_file, tmp_path, capsys):
     data, _, h, w = small_file
     out = tmp_path / "big.png"

@@ -254,23 +254,27 @@ def angle_levels_table(spec: QuantSpec) -> np.ndarray:
 
 
 def grid(spec: QuantSpec) -> Grid:
-    """The arrays of `spec` for `quantize` / `dequantize` / `fake_quantize` / `project`."""
+    """The arrays of `spec` for `quantize` / `dequantize` / `fake_quantize` / `project`.
+
+    Built in numpy and put on the device in one transfer: `jnp.asarray` of each field would
+    compile a small conversion program per field, a noticeable share of a warm decode.
+    """
     spec.check()
     ss, cs = step_value(spec.scale_exp), step_value(spec.color_exp)
     os_ = step_value(spec.opacity_exp)
-    f32 = np.float32
-    return Grid(
-        pos_step=jnp.asarray(f32(step_value(spec.pos_exp))),
-        scale_lo=jnp.asarray(spec.scale_lo, jnp.int32),
-        scale_step=jnp.asarray(f32(ss)),
-        scale_top=jnp.asarray(spec.scale_levels - 1, jnp.int32),
-        angle_levels=jnp.asarray(angle_levels_table(spec)),
-        color_lo=jnp.asarray(spec.color_lo, jnp.int32),
-        color_step=jnp.asarray(f32(cs)),
-        color_top=jnp.asarray(np.asarray(spec.color_levels, np.int32) - 1),
-        opacity_lo=jnp.asarray(spec.opacity_lo, jnp.int32),
-        opacity_step=jnp.asarray(f32(os_)),
-        opacity_top=jnp.asarray(spec.opacity_levels - 1, jnp.int32))
+    f32, i32 = np.float32, np.int32
+    return jax.device_put(Grid(
+        pos_step=np.asarray(step_value(spec.pos_exp), f32),
+        scale_lo=np.asarray(spec.scale_lo, i32),
+        scale_step=np.asarray(ss, f32),
+        scale_top=np.asarray(spec.scale_levels - 1, i32),
+        angle_levels=angle_levels_table(spec),
+        color_lo=np.asarray(spec.color_lo, i32),
+        color_step=np.asarray(cs, f32),
+        color_top=np.asarray(spec.color_levels, i32) - 1,
+        opacity_lo=np.asarray(spec.opacity_lo, i32),
+        opacity_step=np.asarray(os_, f32),
+        opacity_top=np.asarray(spec.opacity_levels - 1, i32)))
 
 
 def position_box(height: int, width: int) -> tuple[tuple[float, float], tuple[float, float]]:
