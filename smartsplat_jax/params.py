@@ -41,6 +41,8 @@ __all__ = [
     "covariance",
     "pixel_to_normalized",
     "normalized_to_pixel",
+    "row_bucket",
+    "pad_rows",
 ]
 
 # The paper's accounting: 7 bytes per Gaussian (SPEC §1).
@@ -224,6 +226,43 @@ def pixel_to_normalized(xy: jax.Array, height: int, width: int) -> jax.Array:
     """[..., 2] pixel (x, y) -> normalized (x, y); inverse of `normalized_to_pixel`."""
     size = jnp.asarray([width, height], dtype=jnp.result_type(xy))
     return 2.0 * xy / size - 1.0
+
+
+def row_bucket(n: int) -> int:
+    """The smallest m * 2**e >= n with 16 <= m < 32 (n itself below 32): Gaussian counts
+    rounded up to four significant bits, at most 1/16 more. Decoding renders files padded to
+    their bucket (`pad_rows`), so files whose N differ a little share compiled programs."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n={n!r} must be a non-negative integer number of Gaussians")
+    e = max(0, int(n).bit_length() - 5)
+    return -(-int(n) >> e) << e if e else int(n)
+
+
+def pad_rows(params: GaussianParams, total: int) -> GaussianParams:
+    """`params` with rows appended up to `total` that render nothing, bit for bit.
+
+    The new rows have opacity 0, so every renderer's projection (`render.xla.project`)
+    gives them no tile and no (tile, Gaussian) pair: the sums, the pair order and a blended
+    set's depth order (they come last, behind everything) are those of `params`. Their
+    colours are 0, scales 1 px, angle 0, at the image centre. Built in numpy and put on the
+    default device (no compiled program).
+
+    Raises:
+      TypeError: not a GaussianParams; ValueError: total < params.num.
+    """
+    if not isinstance(params, GaussianParams):
+        raise TypeError(f"pad_rows takes GaussianParams, got {type(params).__name__}")
+    extra = total - params.num
+    if extra < 0:
+        raise ValueError(f"pad_rows: total={total} is below the {params.num} rows of params")
+    if extra == 0:
+        return params
+    leaves = {}
+    for name, width in params._WIDTHS.items():
+        a = np.asarray(getattr(params, name))
+        fill = np.ones if name == "scales" else np.zeros
+        leaves[name] = jax.device_put(np.concatenate([a, fill((extra, width), a.dtype)]))
+    return params.replace(**leaves)
 
 
 def _check_size(height, width) -> tuple[int, int]:

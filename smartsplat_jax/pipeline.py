@@ -185,7 +185,8 @@ def decompress(data: bytes, *, width: int | None = None, height: int | None = No
     if (oh, ow) != (h, w):
         params = rescale_params(params, (h, w), (oh, ow))
     backend = resolve_backend(backend, forward_only=True)
-    return np.asarray(render(params, oh, ow, backend=backend))
+    (image,) = render_bands(params, oh, ow, oh, backend=backend)  # one band: the whole image
+    return image
 
 
 class MemoryLimitError(ValueError):
@@ -269,7 +270,13 @@ def render_bands(params: P.GaussianParams, height: int, width: int, rows: int, *
     The shift is numpy arithmetic in the means' dtype (the formulas of
     `params.normalized_to_pixel` and `pixel_to_normalized`, one IEEE operation at a time):
     done with jnp, each operation would compile a program of its own. One band (rows >=
-    height) renders `params` as they are, as `render` would."""
+    height) renders `params` as they are, as `render` would.
+
+    A GaussianParams set is first padded to `params.row_bucket` rows with rows that render
+    nothing (`params.pad_rows`: the same image, bit for bit), so that decoding files whose
+    N differ a little reuses one compiled program, in a process and in the persistent cache."""
+    if isinstance(params, P.GaussianParams):
+        params = P.pad_rows(params, P.row_bucket(params.num))
     if rows >= height:
         yield np.asarray(render(params, height, width, backend=backend))
         return
@@ -319,8 +326,8 @@ def decompress_to_file(data: bytes, path: str | os.PathLike, *, width: int | Non
                                                       backend=backend),
                            bit_depth=bit_depth, overwrite=overwrite)
     else:
-        sio.save_image(path, np.asarray(render(params, oh, ow, backend=backend)),
-                       bit_depth=bit_depth, overwrite=overwrite)
+        (image,) = render_bands(params, oh, ow, oh, backend=backend)
+        sio.save_image(path, image, bit_depth=bit_depth, overwrite=overwrite)
     return {"height": oh, "width": ow, "bands": plan["bands"],
             "memory_estimate": plan["bytes"], "memory_limit": plan["limit"]}
 

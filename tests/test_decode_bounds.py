@@ -50,6 +50,70 @@ def test_render_bands_equal_the_whole_render(small_file):
     np.testing.assert_allclose(np.concatenate(bands), whole, atol=2e-5)
 
 
+def test_row_bucket_by_hand():
+    assert [P.row_bucket(n) for n in (0, 1, 31, 32, 33, 45, 46, 47, 60, 61)] == \
+        [0, 1, 31, 32, 34, 46, 46, 48, 60, 62]
+    assert P.row_bucket(23410) == 23 * 1024
+    assert P.row_bucket(1 << 20) == 1 << 20 and P.row_bucket((1 << 20) + 1) == 17 << 16
+    for n in range(1, 3000):
+        b = P.row_bucket(n)
+        assert n <= b <= n + n / 16 and P.row_bucket(b) == b, n
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="non-negative integer"):
+            P.row_bucket(bad)
+
+
+@pytest.mark.parametrize("blend", [False, True])
+def test_padded_rows_render_nothing_bit_for_bit(blend):
+    rng = np.random.default_rng(3)
+    n, h, w = 45, 24, 40
+    p = P.GaussianParams.create(
+        means=rng.uniform(-1.1, 1.1, (n, 2)), scales=rng.uniform(0.5, 7.0, (n, 2)),
+        rotation=rng.normal(0, 1, (n, 1)), colors=rng.uniform(-0.2, 1.0, (n, 3)),
+        opacity=rng.uniform(0.3, 1.0, (n, 1)) if blend else None, blend=blend)
+    padded = P.pad_rows(p, n + 19)
+    assert padded.num == n + 19 and padded.blend == blend
+    np.testing.assert_array_equal(np.asarray(padded.colors[:n]), np.asarray(p.colors))
+    assert np.all(np.asarray(padded.opacity[n:]) == 0)
+    np.testing.assert_array_equal(np.asarray(render(padded, h, w, backend="xla")),
+                                  np.asarray(render(p, h, w, backend="xla")))
+    assert P.pad_rows(p, n) is p
+    with pytest.raises(ValueError, match="below the 45 rows"):
+        P.pad_rows(p, n - 1)
+    with pytest.raises(TypeError, match="GaussianParams"):
+        P.pad_rows(P.CholeskyParams(p.means, p.scales[:, :1].repeat(3, 1), p.colors,
+                                    p.opacity), n + 1)
+
+
+def _file(n, h=30, w=44, seed=0):
+    rng = np.random.default_rng(seed)
+    xy = np.stack([rng.uniform(2, w - 2, n), rng.uniform(2, h - 2, n)], 1)
+    p = P.GaussianParams.create(means=P.pixel_to_normalized(xy, h, w),
+                                scales=rng.uniform(1.0, 6.0, (n, 2)),
+                                rotation=rng.normal(0, 1, (n, 1)),
+                                colors=rng.uniform(0.2, 1, (n, 3)))
+    return codec.encode(p, h, w)
+
+
+def test_files_of_one_bucket_share_the_compiled_render():
+    from smartsplat_jax import render as R
+
+    a, b, c = _file(45), _file(46, seed=1), _file(47, seed=2)  # buckets 46, 46, 48
+    assert [codec.read_info(d).num_gaussians for d in (a, b, c)] == [45, 46, 47]
+    before = R._render._cache_size()
+    pipeline.decompress(a, backend="xla")
+    first = R._render._cache_size()
+    assert first <= before + 1
+    pipeline.decompress(b, backend="xla")
+    assert R._render._cache_size() == first  # b's render is a's compiled program
+    pipeline.decompress(c, backend="xla", width=88)
+    assert R._render._cache_size() == first + 1  # (the counter counts)
+    for data in (a, b, c):  # the decode is the render of the decoded params, bit for bit
+        params, h, w = codec.decode(data)
+        np.testing.assert_array_equal(pipeline.decompress(data, backend="xla"),
+                                      np.asarray(render(params, h, w, backend="xla")))
+
+
 def test_the_plan_refuses_before_decoding(small_file, tmp_path, capsys):
     data, _, h, w = small_file
     out = tmp_path / "big.png"
