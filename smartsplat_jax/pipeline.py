@@ -149,7 +149,7 @@ def _encode_and_decode(image, params: P.GaussianParams, history: dict, config: F
                                prune_mse=config.prune_mse)
     t0 = time.perf_counter()
     decoded, _, _ = codec.decode(data)
-    rendered = np.asarray(render(decoded, h, w, backend=backend))
+    (rendered,) = render_bands(decoded, h, w, h, backend=backend)  # what `decompress` renders
     info = {"psnr_float": psnr_float,
             "qat_steps": (config.steps - history["qat_start"]
                           if history.get("qat_start") is not None else 0),
