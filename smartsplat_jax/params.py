@@ -239,11 +239,13 @@ def row_bucket(n: int) -> int:
 
 
 def pad_rows(params: GaussianParams, total: int) -> GaussianParams:
-    """`params` with rows appended up to `total` that render nothing, bit for bit.
+    """`params` with rows appended up to `total` that render nothing.
 
     The new rows have opacity 0, so every renderer's projection (`render.xla.project`)
-    gives them no tile and no (tile, Gaussian) pair: the sums, the pair order and a blended
-    set's depth order (they come last, behind everything) are those of `params`. Their
+    gives them no tile and no (tile, Gaussian) pair: the pairs, their order, their sums and a
+    blended set's depth order (the new rows come last, behind everything) are those of
+    `params`, and so is the image (bit for bit in every case measured on CPU; XLA could in
+    principle round a per-Gaussian feature of the longer arrays differently). Their
     colours are 0, scales 1 px, angle 0, at the image centre. Built in numpy and put on the
     default device (no compiled program).
 

