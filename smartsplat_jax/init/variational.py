@@ -42,9 +42,18 @@ def draw_without_replacement(key: jax.Array, w: jax.Array, k: int) -> jax.Array:
     return jax.random.categorical(key, jnp.log(w), shape=(k,), replace=False).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("tile_h", "tile_w", "k", "lambda_m"))
-def _sample_batch(keys, origins, image, tile_h: int, tile_w: int, k: int, lambda_m: float):
+@functools.partial(jax.jit, static_argnames=("tile_h", "tile_w", "k", "lambda_m", "sequential"))
+def _sample_batch(keys, origins, image, tile_h: int, tile_w: int, k: int, lambda_m: float,
+                  sequential: bool = False):
     """k weighted draws without replacement in each of a batch of tiles.
+
+    `sequential`: the tiles one after another (`lax.map`) instead of vectorized (`vmap`):
+    the same formulas per tile with one tile's intermediates alive at a time. XLA fuses the
+    two programs differently, so a weight may differ in its last bit (measured: the same
+    pixels drawn, weights within 2.4e-7; at 2048 x 1365 every Gaussian bit-equal). On a 2-core CPU at 2048 x 1365, CR 50 (four 1024 x 1024
+    tiles) the sampling took 0.41 s against 0.59 s vectorized, and the initialization's peak
+    memory fell from 0.99 to 0.63 GiB. A batch split over several devices stays vectorized,
+    so that jax partitions it row-wise (`init.spread`).
 
     Args:
       keys: [B] PRNG keys, one per tile.
@@ -65,6 +74,8 @@ def _sample_batch(keys, origins, image, tile_h: int, tile_w: int, k: int, lambda
         xy = jnp.stack([xs + origin[1], ys + origin[0]], -1).astype(jnp.int32)
         return xy, wmap[idx]
 
+    if sequential:
+        return jax.lax.map(lambda a: one(*a), (keys, origins))
     return jax.vmap(one)(keys, origins)
 
 
@@ -107,6 +118,8 @@ def sample_variational(key: jax.Array, image: jax.Array, layout: TileLayout,
     devices = spread.check_devices(devices)
     keys = jax.random.split(key, layout.num_tiles)
     b = _batch_size(layout, batch_pixels, devices)
+    # Vectorized tiles on an accelerator or over devices (measured: sequential on one CPU).
+    sequential = devices is None and jax.default_backend() == "cpu"
     image = spread.replicate(image, devices)
     xy_parts, w_parts = [], []
     for t0 in range(0, layout.num_tiles, b):
@@ -114,7 +127,7 @@ def sample_variational(key: jax.Array, image: jax.Array, layout: TileLayout,
         xy, w = _sample_batch(spread.put_batch(keys[sel], devices),
                               spread.put_batch(layout.origins[sel].astype(np.int32), devices),
                               image, tile_h=layout.tile_h, tile_w=layout.tile_w, k=k,
-                              lambda_m=float(lambda_m))
+                              lambda_m=float(lambda_m), sequential=sequential)
         xy, w = np.asarray(xy), np.asarray(w)
         for row, t in enumerate(sel[: min(b, layout.num_tiles - t0)]):
             xy_parts.append(xy[row, : counts[t]])
