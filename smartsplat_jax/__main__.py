@@ -1,7 +1,5 @@
 """`python -m smartsplat_jax`: the `smartsplat` command line (see smartsplat_jax.cli)."""
 
-import sys
+from smartsplat_jax.cli import run
 
-from smartsplat_jax.cli import main
-
-sys.exit(main())
+run()

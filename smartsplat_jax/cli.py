@@ -4,7 +4,7 @@
   smartsplat decompress photo.ssplat out.png [--width=W] [--height=H] [--scale=F]
   smartsplat info photo.ssplat
 
-Also `python -m smartsplat_jax ...`. Errors, bad command-line usage included, print one line
+Also `python -m smartsplat_jax ...`; both start at `run`. Errors, bad command-line usage included, print one line
 on stderr and exit with status 1; an interrupted `compress` (Ctrl-C, SIGTERM) exits with 128 +
 the signal after checkpointing. Outputs are checked before any work (never the input file,
 never a folder, a writable folder; for `decompress` a known image extension, for `compress`
@@ -14,12 +14,13 @@ not an image's) and written atomically, so a failed run leaves no partial file.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
 import time
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -279,5 +280,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The process entry point of `smartsplat` and `python -m smartsplat_jax`: `main` on
+    `sys.argv`, then exit with its status.
+
+    A process that only decodes or inspects a file spends much of its life importing JAX and
+    tearing it down, and Python's cyclic garbage collector walks JAX's objects both times. So
+    `decompress` and `info` run with that collector off (what they allocate is freed by
+    reference counting; the render is traced once), every command freezes the objects alive
+    at its end (`gc.freeze`) so that shutdown does not traverse them, and `compress`, which
+    runs for minutes, keeps the collector on. Measured on a 2-core CPU with a warm compile
+    cache, a 2048 x 1365 decode: 2.76 s wall before, 2.25 s after (median of 12).
+    """
+    argv = sys.argv[1:]
+    if argv[:1] != ["compress"]:
+        gc.disable()
+    try:
+        code = main(argv)
+    finally:
+        gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
