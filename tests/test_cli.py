@@ -186,3 +186,28 @@ def test_compress_trains_with_the_front_end_defaults(monkeypatch, tmp_path, caps
     # --loss is passed on when given; otherwise the method's own loss (no override)
     assert seen.get("loss") == ("l2" if "--loss=l2" in flags else None)
     assert not (tmp_path / "x.ssplat").exists()
+
+
+def test_importing_the_command_line_loads_neither_numpy_nor_jax():
+    """`run` sets up the process (the garbage collector) before the heavy imports: that
+    needs a package whose import is light (its names load on first use)."""
+    code = ("import sys; import smartsplat_jax, smartsplat_jax.cli; "
+            "print(sorted(m for m in ('jax', 'numpy') if m in sys.modules)); "
+            "from smartsplat_jax import load_image, codec; print('jax' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["[]", "True"]
+
+
+@pytest.mark.parametrize("argv,collecting", [(["info", "x.ssplat"], False),
+                                             (["decompress", "a", "b.png"], False),
+                                             (["compress", "a.png", "b.ssplat"], True),
+                                             ([], False)])
+def test_run_exits_with_main_status_and_collects_only_for_compress(argv, collecting):
+    code = ("import gc, sys; from smartsplat_jax import cli; "
+            "cli.main = lambda argv: print(gc.isenabled(), argv) or 7; cli.run()")
+    r = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 7, r.stderr
+    assert r.stdout.strip() == f"{collecting} {argv}"
