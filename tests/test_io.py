@@ -70,6 +70,47 @@ def test_8bit_modes(tmp_path, mode):
         np.testing.assert_allclose(out, _expect(RGB8, 255), atol=1e-7)
 
 
+def _idat_stream(path) -> bytes:
+    """The concatenated IDAT payload of a PNG file, each chunk's CRC checked."""
+    raw, i, out = open(path, "rb").read(), 8, b""
+    while i < len(raw):
+        (n,) = struct.unpack(">I", raw[i:i + 4])
+        kind, data = raw[i + 4:i + 8], raw[i + 8:i + 8 + n]
+        assert struct.unpack(">I", raw[i + 8 + n:i + 12 + n])[0] == zlib.crc32(kind + data)
+        out += data if kind == b"IDAT" else b""
+        i += 12 + n
+    return out
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_png_bands_deflated_in_pieces(tmp_path, monkeypatch, bit_depth):
+    """A streamed PNG deflated in many pieces (one per 3 rows here) over threads is one valid
+    zlib stream (its Adler-32 checked by zlib) holding the Sub-filtered rows; its bytes do
+    not depend on the number of cores."""
+    h, w = 23, 9
+    img = RNG.random((h, w, 3)).astype(np.float32)
+    row_bytes = 1 + 3 * w * bit_depth // 8
+    monkeypatch.setattr(sio, "_PNG_PIECE_BYTES", 3 * row_bytes)
+    bands = lambda: [img[:10], img[10:11], img[11:]]  # noqa: E731
+    files = []
+    for cores in (1, 4):
+        monkeypatch.setattr(sio.os, "cpu_count", lambda c=cores: c)
+        files.append(sio.save_png_bands(tmp_path / f"c{cores}.png", h, w, bands(),
+                                        bit_depth=bit_depth))
+    assert files[0].read_bytes() == files[1].read_bytes()
+    rows = zlib.decompress(_idat_stream(files[0]))
+    assert len(rows) == h * row_bytes
+    levels = 255 if bit_depth == 8 else 65535
+    expect = np.rint(img * levels).astype(np.uint8 if bit_depth == 8 else ">u2")
+    got = np.frombuffer(rows, np.uint8).reshape(h, row_bytes)
+    assert np.all(got[:, 0] == 1)  # the Sub filter on every row
+    flat = np.cumsum(got[:, 1:].reshape(h, w, -1).astype(np.int64), axis=1) % 256  # un-Sub
+    np.testing.assert_array_equal(flat.astype(np.uint8).reshape(h, -1),
+                                  expect.reshape(h, -1).view(np.uint8))
+    np.testing.assert_allclose(load_image(files[0]), expect.astype(np.float64) / levels,
+                               atol=1e-7)
+
+
 def test_16bit_grey_png(tmp_path):
     p = tmp_path / "g16.png"
     Image.fromarray(GREY16).save(p)
