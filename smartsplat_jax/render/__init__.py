@@ -23,9 +23,7 @@ import logging
 import jax
 
 from smartsplat_jax import params as P
-from smartsplat_jax.render import pallas
 from smartsplat_jax.render.auto import auto_backend, traced_choice
-from smartsplat_jax.render.pallas import pair_capacity, render_pallas
 from smartsplat_jax.render.reference import render_reference
 from smartsplat_jax.render.resize import output_size, rescale_params
 from smartsplat_jax.render.xla import DEFAULT_TILE, pair_count, project, render_xla
@@ -35,6 +33,18 @@ __all__ = ["BACKENDS", "output_size", "render", "render_pallas", "render_referen
            "resolve_backend"]
 
 BACKENDS = ("auto", "xla", "pallas", "reference")
+# Imported on first use (Pallas takes a tenth of a second to import, which a decode on a CPU
+# does not need): `smartsplat_jax.render.pallas` and these names from it.
+_FROM_PALLAS = ("pair_capacity", "render_pallas")
+
+
+def __getattr__(name: str):
+    if name in _FROM_PALLAS:
+        from smartsplat_jax.render import pallas
+
+        return getattr(pallas, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 log = logging.getLogger("smartsplat_jax.render")
 _warned_interpret = False
 
@@ -95,16 +105,20 @@ def render(params: P.GaussianParams, height: int, width: int, *, backend: str = 
         name = traced_choice()  # no probe while tracing (see `render.auto`)
     else:
         name = resolve_backend(backend)
-    if tile is None:
-        tile = pallas.DEFAULT_TILE if name == "pallas" else DEFAULT_TILE
     if name == "pallas":
+        from smartsplat_jax.render import pallas
+
+        if tile is None:
+            tile = pallas.DEFAULT_TILE
         if jax.default_backend() != "gpu" and not _warned_interpret:
             _warned_interpret = True
             log.warning("backend 'pallas' on %s runs the kernels in the Pallas interpreter: "
                         "correct but slow; use 'xla' or 'auto' for speed",
                         jax.default_backend())
         if capacity is None and not _is_traced(params):
-            capacity = pair_capacity(params, height, width, tile)
+            capacity = pallas.pair_capacity(params, height, width, tile)
+    elif tile is None:
+        tile = DEFAULT_TILE
     return _render(params, height, width, backend=name, tile=tile, chunk=chunk,
                    capacity=capacity)
 
@@ -121,5 +135,7 @@ def _render(params, height, width, *, backend, tile, chunk, capacity):
     if backend == "reference":
         return render_reference(params, height, width)
     if backend == "pallas":
+        from smartsplat_jax.render.pallas import render_pallas
+
         return render_pallas(params, height, width, tile=tile, capacity=capacity)
     return render_xla(params, height, width, tile=tile, chunk=chunk)
