@@ -216,15 +216,27 @@ def covariance(params: GaussianParams) -> jax.Array:
     return rs @ jnp.swapaxes(rs, -1, -2)
 
 
+def _array_module(x):
+    """numpy for numpy arrays (host arithmetic, no compiled program per operation), else
+    jax.numpy (jax arrays, tracers, lists)."""
+    return np if isinstance(x, (np.ndarray, np.generic)) else jnp
+
+
 def normalized_to_pixel(means: jax.Array, height: int, width: int) -> jax.Array:
-    """[..., 2] normalized (x, y) -> pixel (x, y), pixel centres at integers."""
-    size = jnp.asarray([width, height], dtype=jnp.result_type(means))
+    """[..., 2] normalized (x, y) -> pixel (x, y), pixel centres at integers.
+
+    A numpy array gives a numpy array of its dtype (the same IEEE operations), anything
+    else a jax array."""
+    xp = _array_module(means)
+    size = xp.asarray([width, height], dtype=xp.result_type(means))
     return 0.5 * size * (means + 1.0)
 
 
 def pixel_to_normalized(xy: jax.Array, height: int, width: int) -> jax.Array:
-    """[..., 2] pixel (x, y) -> normalized (x, y); inverse of `normalized_to_pixel`."""
-    size = jnp.asarray([width, height], dtype=jnp.result_type(xy))
+    """[..., 2] pixel (x, y) -> normalized (x, y); inverse of `normalized_to_pixel`. A numpy
+    array gives a numpy array, as there."""
+    xp = _array_module(xy)
+    size = xp.asarray([width, height], dtype=xp.result_type(xy))
     return 2.0 * xy / size - 1.0
 
 

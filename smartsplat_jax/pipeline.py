@@ -267,10 +267,9 @@ def render_bands(params: P.GaussianParams, height: int, width: int, rows: int, *
     top to bottom. Each band renders the Gaussians shifted into a rows x width frame (one
     compiled program for every band; the last is cropped), so memory is one band.
 
-    The shift is numpy arithmetic in the means' dtype (the formulas of
-    `params.normalized_to_pixel` and `pixel_to_normalized`, one IEEE operation at a time):
-    done with jnp, each operation would compile a program of its own. One band (rows >=
-    height) is rendered unshifted, as `render` would.
+    The shift is `params.normalized_to_pixel` and `pixel_to_normalized` on the means as a
+    numpy array (in their dtype): done with jnp, each operation would compile a program of
+    its own. One band (rows >= height) is rendered unshifted, as `render` would.
 
     A GaussianParams set is first padded to `params.row_bucket` rows with rows that render
     nothing (`params.pad_rows`: the same pairs and the same image), so that decoding files whose
@@ -280,15 +279,11 @@ def render_bands(params: P.GaussianParams, height: int, width: int, rows: int, *
     if rows >= height:
         yield np.asarray(render(params, height, width, backend=backend))
         return
-    mu = np.asarray(params.means)
-    dt = mu.dtype
-    size = np.asarray([width, height], dt)
-    band_size = np.asarray([width, rows], dt)
-    pixel = dt.type(0.5) * size * (mu + dt.type(1.0))
+    pixel = P.normalized_to_pixel(np.asarray(params.means), height, width)
     for y0 in range(0, height, rows):
-        shifted = pixel - np.asarray([0.0, float(y0)], dt)
-        means = dt.type(2.0) * shifted / band_size - dt.type(1.0)
-        band = params.replace(means=jax.device_put(means))
+        shifted = pixel - np.asarray([0.0, y0], pixel.dtype)
+        band = params.replace(means=jax.device_put(P.pixel_to_normalized(shifted, rows,
+                                                                         width)))
         img = np.asarray(render(band, rows, width, backend=backend))
         yield img[: min(rows, height - y0)]
 
