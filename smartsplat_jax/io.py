@@ -548,8 +548,7 @@ def save_png_bands(path: str | os.PathLike, height: int, width: int, bands, *,
     with _atomic_file(path, overwrite) as f:
         f.write(b"\x89PNG\r\n\x1a\n")
         _png_chunk(f, b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, 2, 0, 0, 0))
-        f_header = zlib.compress(b"", _PNG_DEFLATE_LEVEL)[:2]  # the zlib stream's header
-        _png_chunk(f, b"IDAT", f_header)
+        _png_chunk(f, b"IDAT", zlib.compress(b"", _PNG_DEFLATE_LEVEL)[:2])  # zlib header
         adler = zlib.adler32(b"")
         done = 0
         for band in bands:

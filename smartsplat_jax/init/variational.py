@@ -50,10 +50,11 @@ def _sample_batch(keys, origins, image, tile_h: int, tile_w: int, k: int, lambda
     `sequential`: the tiles one after another (`lax.map`) instead of vectorized (`vmap`):
     the same formulas per tile with one tile's intermediates alive at a time. XLA fuses the
     two programs differently, so a weight may differ in its last bit (measured: the same
-    pixels drawn, weights within 2.4e-7; at 2048 x 1365 every Gaussian bit-equal). On a 2-core CPU at 2048 x 1365, CR 50 (four 1024 x 1024
-    tiles) the sampling took 0.41 s against 0.59 s vectorized, and the initialization's peak
-    memory fell from 0.99 to 0.63 GiB. A batch split over several devices stays vectorized,
-    so that jax partitions it row-wise (`init.spread`).
+    pixels drawn, weights within 2.4e-7; at 2048 x 1365 every Gaussian bit-equal). On a
+    2-core CPU at 2048 x 1365, CR 50 (four 1024 x 1024 tiles) the sampling took 0.41 s
+    against 0.59 s vectorized, and the initialization's peak memory fell from 0.99 to
+    0.63 GiB. A batch split over several devices stays vectorized, so that jax partitions it
+    row-wise (`init.spread`).
 
     Args:
       keys: [B] PRNG keys, one per tile.

@@ -33,6 +33,8 @@ __all__ = ["BACKENDS", "output_size", "render", "render_pallas", "render_referen
            "resolve_backend"]
 
 BACKENDS = ("auto", "xla", "pallas", "reference")
+log = logging.getLogger("smartsplat_jax.render")
+_warned_interpret = False
 # Imported on first use (Pallas takes a tenth of a second to import, which a decode on a CPU
 # does not need): `smartsplat_jax.render.pallas` and these names from it.
 _FROM_PALLAS = ("pair_capacity", "render_pallas")
@@ -44,9 +46,6 @@ def __getattr__(name: str):
 
         return getattr(pallas, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-log = logging.getLogger("smartsplat_jax.render")
-_warned_interpret = False
 
 
 def resolve_backend(backend: str, device=None, *, forward_only: bool = False) -> str:
