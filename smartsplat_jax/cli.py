@@ -6,9 +6,10 @@
 
 Also `python -m smartsplat_jax ...`; both start at `run`. Errors, bad command-line usage
 included, print one line on stderr and exit with status 1; an interrupted `compress` (Ctrl-C,
-SIGTERM) exits with 128 + the signal after checkpointing. Outputs are checked before any work (never the input file,
-never a folder, a writable folder; for `decompress` a known image extension, for `compress`
-not an image's) and written atomically, so a failed run leaves no partial file.
+SIGTERM) exits with 128 + the signal after checkpointing. Outputs are checked before any work
+(never the input file, never a folder, a writable folder; for `decompress` a known image
+extension, for `compress` not an image's) and written atomically, so a failed run leaves no
+partial file.
 """
 
 from __future__ import annotations
